@@ -1,0 +1,176 @@
+"""Batched scoring of multi-token continuations: one forward pass per batch of prompt+target sequences.
+
+Every probability test in editscale (CounterFact, zsRE, downstream label words, forgetting re-checks)
+goes through ``score_continuations``: padding-aware, no Python loop over tokens, and the log-softmax is
+taken only at the target positions so large vocabularies stay cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from editscale.model.tokens import continuation_ids, encode, ensure_pad_token, pad_batch
+
+
+@dataclass
+class ContinuationScores:
+    """Per (prompt, target) pair: summed log-probability, token count, and whether every target token was
+    the model's argmax (teacher-forced) plus the fraction of tokens that were."""
+
+    logprob: torch.Tensor  # (N,) sum over target tokens, natural log
+    n_tokens: torch.Tensor  # (N,)
+    all_argmax: torch.Tensor  # (N,) bool
+    token_accuracy: torch.Tensor  # (N,) fraction of target tokens that are the argmax
+
+    @property
+    def mean_nll(self) -> torch.Tensor:
+        """Mean negative log-probability per target token (ROME's comparison quantity)."""
+        return -self.logprob / self.n_tokens
+
+    @property
+    def prob(self) -> torch.Tensor:
+        """Per-token geometric-mean probability, exp(-mean NLL) (ROME's magnitude quantity)."""
+        return torch.exp(-self.mean_nll)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def score_continuations(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    batch_size: int = 64,
+) -> ContinuationScores:
+    """Score ``targets[i]`` as the continuation of ``prompts[i]`` (after one space) for all i."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    ensure_pad_token(tokenizer)
+    n = len(prompts)
+    logprob = torch.zeros(n, dtype=torch.float64)
+    n_tok = torch.zeros(n, dtype=torch.long)
+    correct = torch.zeros(n, dtype=torch.long)
+    if n == 0:
+        return ContinuationScores(logprob, n_tok, torch.zeros(0, dtype=torch.bool), logprob.clone())
+    device = model_device(model)
+    cache: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+    pairs = []
+    for p, t in zip(prompts, targets):
+        key = (p, t)
+        if key not in cache:
+            cache[key] = (encode(tokenizer, p), continuation_ids(tokenizer, p, t))
+        pairs.append(cache[key])
+    # sort by length so batches pad little; scatter results back afterwards
+    order = sorted(range(n), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+        batch = pad_batch(seqs, tokenizer.pad_token_id, device)
+        logits = model(**batch.model_inputs()).logits
+        # positions t whose logits predict a target token: [len(p)-1, len(p)+len(t)-1)
+        rows, cols, tgt, owner = [], [], [], []
+        for j, i in enumerate(idx):
+            p_len, t_ids = len(pairs[i][0]), pairs[i][1]
+            rows.extend([j] * len(t_ids))
+            cols.extend(range(p_len - 1, p_len - 1 + len(t_ids)))
+            tgt.extend(t_ids)
+            owner.extend([j] * len(t_ids))
+        rows_t = torch.tensor(rows, device=device)
+        sel = logits[rows_t, torch.tensor(cols, device=device)].float()
+        lp_all = torch.log_softmax(sel, dim=-1)
+        tgt_t = torch.tensor(tgt, device=device)
+        lp = lp_all.gather(1, tgt_t[:, None])[:, 0].double().cpu()
+        hit = (sel.argmax(-1) == tgt_t).long().cpu()
+        own = torch.tensor(owner)
+        idx_t = torch.tensor(idx)
+        logprob[idx_t] = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, own, lp)
+        n_tok[idx_t] = torch.zeros(len(idx), dtype=torch.long).index_add_(0, own, torch.ones_like(own))
+        correct[idx_t] = torch.zeros(len(idx), dtype=torch.long).index_add_(0, own, hit)
+    return ContinuationScores(logprob, n_tok, correct == n_tok, correct.double() / n_tok.double())
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 40,
+    top_k: int = 5,
+    seed: int = 0,
+) -> list[str]:
+    """Sample continuations (top-k, as ROME's generation tests) deterministically for a seed.
+
+    Returns prompt + continuation texts. Decoding is done here (not ``model.generate``) so padding and
+    sampling are identical across model families and transformers versions.
+    """
+    ensure_pad_token(tokenizer)
+    device = model_device(model)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seqs = [encode(tokenizer, p) for p in prompts]
+    eos = tokenizer.eos_token_id
+    done = [False] * len(seqs)
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1 << 30)
+    for _ in range(max_new_tokens):
+        if all(done) or max(len(s) for s in seqs) >= max_pos:
+            break
+        batch = pad_batch(seqs, tokenizer.pad_token_id, device)
+        logits = model(**batch.model_inputs()).logits
+        last = logits[torch.arange(len(seqs), device=device), batch.lengths - 1].float().cpu()
+        vals, ids = last.topk(min(top_k, last.shape[-1]), dim=-1)
+        choice = torch.multinomial(torch.softmax(vals, -1), 1, generator=gen)[:, 0]
+        nxt = ids[torch.arange(len(seqs)), choice]
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                seqs[i].append(t)
+                done[i] = t == eos
+    return [tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """ROME's generation entropy of one text: the weighted mean of its bi- and tri-gram entropies (bits).
+
+    As ``compute_n_gram_entropy`` in the ROME code, with a regex word tokenizer instead of NLTK's.
+    """
+    tokens = _WORD.findall(text)
+    values = []
+    for n, w in zip(ns, weights):
+        grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+        total = sum(grams.values())
+        ent = -sum((c / total) * math.log2(c / total) for c in grams.values()) if total else 0.0
+        values.append(ent * w)
+    return sum(values) / len(values)
+
+
+def mean_ngram_entropy(texts: Sequence[str]) -> float:
+    return sum(ngram_entropy(t) for t in texts) / len(texts) if texts else float("nan")
+
+
+def harmonic_mean(values: Sequence[float]) -> float:
+    """Harmonic mean; 0 if any value is 0 (the CounterFact Score)."""
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def seeded_sample(items: Sequence, k: int, seed: int) -> list:
+    """A deterministic sample of k items (all, shuffled, if k >= len)."""
+    rng = random.Random(seed)
+    items = list(items)
+    rng.shuffle(items)
+    return items[:k]

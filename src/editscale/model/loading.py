@@ -1,0 +1,133 @@
+"""Loading models: a local directory, a hub name (when a network exists), or a testbed model.
+
+``load_model`` returns the model in eval mode, its tokenizer (with a pad token) and its anatomy. The dtype
+and device are the caller's; ``trust_remote_code`` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from editscale.errors import ModelLoadError
+from editscale.model.anatomy import Anatomy, get_anatomy
+from editscale.model.tokens import ensure_pad_token
+
+TESTBED_PREFIX = "testbed:"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or HF_ENDPOINT) answers a TCP connection; False when offline."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A testbed name becomes its built directory (building it if needed); anything else is returned."""
+    if name_or_path.startswith(TESTBED_PREFIX):
+        from editscale.testbed.registry import ensure_built
+
+        return str(ensure_built(name_or_path[len(TESTBED_PREFIX):]))
+    return name_or_path
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, object, Anatomy]:
+    """Load a causal LM and its tokenizer: ``testbed:NAME``, a local directory, or a hub name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    local = Path(path).expanduser()
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = parse_dtype(dtype)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise ModelLoadError(f"{local} is not a Hugging Face model directory (no config.json)")
+        source, local_only = str(local), True
+    elif path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise ModelLoadError(f"model directory {path!r} does not exist")
+    else:
+        source, local_only = path, False
+    try:
+        model, tok = _from_pretrained(AutoModelForCausalLM, AutoTokenizer, source, kwargs, local_files_only=True)
+    except OSError:
+        if local_only:
+            raise ModelLoadError(f"could not load the model in {source}: its weights or tokenizer are missing")
+        if not hub_reachable():
+            raise ModelLoadError(
+                f"model {path!r} is not in the local Hugging Face cache and the hub cannot be reached "
+                "(no network); download it on a machine with a network and pass its directory, "
+                "e.g. --model /path/to/gpt2-xl"
+            ) from None
+        try:
+            model, tok = _from_pretrained(AutoModelForCausalLM, AutoTokenizer, source, kwargs,
+                                          local_files_only=False)
+        except OSError as e:
+            raise ModelLoadError(f"could not load model {path!r} from the hub: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise ModelLoadError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from None
+    if device is not None and device_map is None:
+        model = model.to(device)
+    model.eval()
+    ensure_pad_token(tok)
+    return model, tok, get_anatomy(model)
+
+
+def _from_pretrained(model_cls, tok_cls, source, kwargs, local_files_only):
+    tok = tok_cls.from_pretrained(source, local_files_only=local_files_only,
+                                  trust_remote_code=kwargs["trust_remote_code"])
+    model = model_cls.from_pretrained(source, local_files_only=local_files_only, **kwargs)
+    return model, tok
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short content hash of a model: its config and a strided sample of every parameter.
+
+    Used to key caches (statistics, prefixes) and stored with every run. Two models with equal weights and
+    config share a fingerprint; changing any weight matrix noticeably changes it.
+    """
+    h = hashlib.sha256()
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        h.update(cfg.to_json_string(use_diff=False).encode())
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step].to(device="cpu", dtype=torch.float32)
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(sample.numpy().tobytes())
+        h.update(str(float(flat.to(torch.float64).sum())).encode())
+    return h.hexdigest()[:16]
