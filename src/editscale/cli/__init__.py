@@ -1,7 +1,7 @@
 """The ``editscale`` command: thin wrappers that parse, call the library and print.
 
 Each verb lives in its own module and registers itself on ``app``. Every ``EditscaleError`` is printed as
-one line, ``error: ...``, with exit status 2.
+one line, ``error: ...``, with exit status 2; usage errors are click's (also status 2).
 """
 
 from __future__ import annotations
@@ -18,6 +18,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _root() -> None:
+    """Edit facts inside transformer language models and measure what editing at scale does to them.
+
+    Start with `editscale demo` (builds the testbed model, runs ROME, r-ROME, MEMIT and FT-L sequentially,
+    writes a report). Every command that prints results takes --json.
+    """
+
+
 # verbs register themselves on ``app`` when imported; one line per verb module
 from editscale.cli import evaluate  # noqa: E402,F401
 
@@ -26,22 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     from editscale.errors import EditscaleError
 
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=True)
     except EditscaleError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -21,3 +21,30 @@ def print_json(obj: Any) -> None:
         return x
 
     sys.stdout.write(json.dumps(clean(obj)) + "\n")
+
+
+SCORE_KEYS = ("efficacy", "paraphrase", "neighborhood", "score")
+
+
+def print_scores(title: str, columns: dict[str, dict]) -> None:
+    """A table of CounterFact scores (rows: metrics; one column per named summary), as percentages."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(title)
+    table = Table()
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    first = next(iter(columns.values()))
+    table.add_row("n", *[str(c.get("n", "")) for c in columns.values()])
+    for key in [k for k in first if k != "n"]:
+        cells = []
+        for c in columns.values():
+            v = c.get(key)
+            cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else
+                         (f"{100 * v:.1f}" if key in SCORE_KEYS or key.endswith("_acc") else f"{v:+.3f}"))
+        table.add_row(key, *cells)
+    console.print(table)
+    print("(scores in %, magnitudes as probability differences)")

@@ -64,6 +64,9 @@ def load_model(
 ) -> tuple[nn.Module, object, Anatomy]:
     """Load a causal LM and its tokenizer: ``testbed:NAME``, a local directory, or a hub name."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     path = resolve_model_path(name_or_path)
     local = Path(path).expanduser()

@@ -1,0 +1,176 @@
+"""Run configuration of a sequential-editing experiment: a short YAML file, validated with one-line errors.
+
+The smallest config::
+
+    model: testbed:demo
+    method: rome            # a name, or {name: memit, hparams: {...}}
+    data: testbed:demo      # or a records file
+    edits: 1000
+    batch: 1
+    forget_every: 10
+    downstream_every: 50
+    seed: 0
+
+Every other key has a default. A bad value raises ``ConfigError`` naming the field, e.g.
+``run config field 'forget_every': Input should be greater than or equal to 1 (got 0)``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from editscale.data.records import EditCase
+from editscale.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodSpec(_Strict):
+    """An editing method by registry name, with hyperparameter overrides (the method's own defaults else)."""
+
+    name: str
+    hparams: dict[str, Any] = Field(default_factory=dict)
+
+
+class GuardConfig(_Strict):
+    """Disabling-edit detection. An update is flagged when, compared with the updates before it:
+
+    - its update norm exceeds ``norm_factor`` x the running median of earlier update norms, or
+    - the jump it causes in an edited matrix's distance from the original exceeds ``distance_factor`` x the
+      running median of earlier jumps, or
+    - generation entropy (ROME's n-gram entropy on ``entropy_prompts`` fixed prompts) falls below
+      ``entropy_ratio`` x its value on the unedited model, or
+    - the neighborhood score of the edit falls below ``neighborhood_ratio`` x the running median of earlier
+      edits' neighborhood scores.
+
+    The median rules start after ``min_history`` updates. With ``revert: true`` a flagged update is undone
+    (exactly, by its Delta), recorded as refused, and the run goes on.
+    """
+
+    enabled: bool = True
+    revert: bool = False
+    norm_factor: float = Field(10.0, gt=1.0)
+    distance_factor: float = Field(10.0, gt=1.0)
+    entropy_ratio: float = Field(0.6, ge=0.0, le=1.0)
+    neighborhood_ratio: float = Field(0.25, ge=0.0, le=1.0)
+    min_history: int = Field(5, ge=1)
+    entropy_prompts: int = Field(4, ge=0)
+    entropy_tokens: int = Field(30, ge=5)
+
+
+class RunConfig(_Strict):
+    """One sequential-editing experiment. ``edits`` facts, ``batch`` per update (1 = sequential)."""
+
+    model: str
+    method: MethodSpec
+    data: str
+    edits: int = Field(ge=1)
+    batch: int = Field(1, ge=1)
+    forget_every: int = Field(10, ge=1)
+    downstream_every: int = Field(0, ge=0)  # 0: no downstream evaluation
+    seed: int = 0
+    downstream_tasks: str | None = None  # default: "skills" for testbed models, else "sst2,mrpc,rte,cola"
+    downstream_n: int = Field(200, ge=2)
+    downstream_data_dir: str | None = None
+    eval_batch_size: int = Field(64, ge=1)
+    dtype: str | None = None
+    device: str | None = None
+    checkpoint: bool = True  # write a checkpoint at every re-check point (needed for --resume)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("model", "data")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    @property
+    def n_updates(self) -> int:
+        return -(-self.edits // self.batch)
+
+    @property
+    def tasks(self) -> str:
+        if self.downstream_tasks is not None:
+            return self.downstream_tasks
+        return "skills" if self.model.startswith("testbed:") else "sst2,mrpc,rte,cola"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "missing":
+        return f"{source} field '{field}' is missing"
+    if first["type"] == "extra_forbidden":
+        return f"{source} has an unknown field '{field}'"
+    got = first.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    more = f"; {len(err.errors()) - 1} more error(s)" if len(err.errors()) > 1 else ""
+    return f"{source} field '{field}': {msg}{shown}{more}"
+
+
+def parse_config(data: Any, source: str = "run config") -> RunConfig:
+    """Validate a mapping as a ``RunConfig``; ``ConfigError`` with a one-line message naming the field."""
+    if isinstance(data, RunConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of fields (model, method, data, edits, ...)")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source)) from None
+    from editscale.methods.base import get_method_class
+
+    get_method_class(cfg.method.name)  # unknown names fail here, listing the available ones
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"run config {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return parse_config(data, source=str(p))
+
+
+def sample_cases(cases: list[EditCase], n: int, seed: int) -> list[EditCase]:
+    """A seeded sample of ``n`` cases in editing order, no subject twice (the paper's "no knowledge conflict")."""
+    order = list(range(len(cases)))
+    random.Random(seed).shuffle(order)
+    seen: set[str] = set()
+    picked: list[EditCase] = []
+    for i in order:
+        subject = cases[i].request.subject.strip().lower()
+        if subject in seen:
+            continue
+        seen.add(subject)
+        picked.append(cases[i])
+        if len(picked) == n:
+            return picked
+    raise ConfigError(f"run config field 'edits': asks for {n} edits but the data has only {len(picked)} "
+                      "distinct subjects; lower 'edits' or use a larger dataset")
