@@ -29,7 +29,7 @@ def _root() -> None:
 
 
 # verbs register themselves on ``app`` when imported; one line per verb module
-from editscale.cli import evaluate  # noqa: E402,F401
+from editscale.cli import evaluate  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

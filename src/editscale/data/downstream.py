@@ -3,11 +3,26 @@
 A task is labelled examples + a few-shot format + label words. The evaluator (``eval/downstream.py``)
 classifies an example by comparing the model's probabilities of the label words after the prompt.
 The same formats serve the four GLUE tasks and the testbed's synthetic twins (``testbed/skills.py``).
+
+Layout of the prompts: the paper's tables print the demonstrations' words; their whitespace is that of the
+authors' code (scalable-model-editing/gradual-catastrophic-forgetting, ``glue_eval/*_eval.py``): each block
+on its own lines (MRPC and NLI too, which the tables flatten to one line) and a blank line between blocks.
+
+GLUE dev sets are read from a folder the user gives (the GLUE TSV layout, or a Hugging Face export as TSV
+with the ``datasets`` column names and numeric labels), or from the hub through ``datasets`` where a network
+exists. Label index 1 is the positive class everywhere: positive sentiment, paraphrase, entailment,
+acceptable.
 """
 
 from __future__ import annotations
 
+import csv
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from editscale.errors import ConfigError, DataLoadError
 
 
 @dataclass(frozen=True)
@@ -59,15 +74,271 @@ class FewShotTask:
 
 
 # The paper's four formats. Label index 1 is the positive class for F1 (positive / Yes / True).
-SST2_FORMAT = TaskFormat("sst2", "Review : {sentence}\nSentiment : {answer}", (" negative", " positive"))
+SST2_FORMAT = TaskFormat(
+    "sst2", "Review : {sentence}\nSentiment : {answer}", (" negative", " positive"), separator="\n\n"
+)
 MRPC_FORMAT = TaskFormat(
     "mrpc",
-    "Are the sentences paraphrases of each other. Sentence 1: {sentence1} Sentence 2: {sentence2} Answer: {answer}",
+    "Are the sentences paraphrases of each other.\nSentence 1: {sentence1}\nSentence 2: {sentence2}\nAnswer: {answer}",
     (" No", " Yes"),
+    separator="\n\n",
 )
 COLA_FORMAT = TaskFormat(
-    "cola", "Is this sentence linguistically acceptable?\nSentence : {sentence}\nAnswer : {answer}", (" No", " Yes")
+    "cola",
+    "Is this sentence linguistically acceptable?\nSentence : {sentence}\nAnswer : {answer}",
+    (" No", " Yes"),
+    separator="\n\n",
 )
-RTE_FORMAT = TaskFormat("rte", "{premise} question: {hypothesis} True or False? answer: {answer}", (" False", " True"))
+RTE_FORMAT = TaskFormat(
+    "rte", "{premise}\nquestion: {hypothesis} True or False?\nanswer: {answer}", (" False", " True"), separator="\n\n"
+)
 
 FORMATS: dict[str, TaskFormat] = {f.name: f for f in (SST2_FORMAT, MRPC_FORMAT, COLA_FORMAT, RTE_FORMAT)}
+
+
+# The in-context demonstrations as printed in Tables 4-7, in the printed order.
+SST2_DEMOS: tuple[Example, ...] = (
+    Example({"sentence": "excruciatingly unfunny and pitifully unromantic"}, 0),
+    Example({"sentence": "rich veins of funny stuff in this movie"}, 1),
+    Example({"sentence": "by far the worst movie of the year"}, 0),
+    Example({"sentence": "fashioning an engrossing entertainment out"}, 1),
+)
+MRPC_DEMOS: tuple[Example, ...] = (
+    Example({"sentence1": "Mr McDevitt has been granted control of three crucial aspects of policing in the Solomons.",
+             "sentence2": "Mr McDevitt has been granted control of three aspects of policing by Commissioner William "
+                          "Morrell."}, 0),
+    Example({"sentence1": "The notification was first reported Friday by MSNBC.",
+             "sentence2": "MSNBC.com first reported the CIA request on Friday."}, 1),
+    Example({"sentence1": "In 2002, Linksys overtook Cisco Systems as the leading wireless equipment vendor, accounting "
+                          "for 14.1 percent of revenue.",
+             "sentence2": "Rolfe said Linksys overtook Cisco Systems last year as the leading supplier of WLAN "
+                          "equipment."}, 0),
+    Example({"sentence1": '"The anticipated global sales improvement in the month of June did not materialize", said '
+                          "Chief Financial Officer Robert Rivet.",
+             "sentence2": '"The anticipated global sales improvement in the month of June did not materialize as we '
+                          'had anticipated", the company said.'}, 1),
+    Example({"sentence1": "That compared with $ 35.18 million, or 24 cents per share, in the year-ago period.",
+             "sentence2": "Earnings were affected by a non-recurring $8 million tax benefit in the year-ago period."}, 0),
+    Example({"sentence1": "They had published an advertisement on the Internet on June 10, offering the cargo for sale, "
+                          "he added.",
+             "sentence2": "On June 10, the ship's owners had published an advertisement on the Internet, offering the "
+                          "explosives for sale."}, 1),
+)
+COLA_DEMOS: tuple[Example, ...] = (
+    Example({"sentence": "Bill pushed Harry off the sofa for hours."}, 0),
+    Example({"sentence": "Bill floated down the river for hours."}, 1),
+    Example({"sentence": "It is important for the more you eat, the more careful you to be."}, 0),
+    Example({"sentence": "It is important for you to be more careful, the more you eat."}, 1),
+    Example({"sentence": "Mary will believe Susan, and you will Bob."}, 1),
+    Example({"sentence": "You will Bob believe."}, 0),
+)
+# The answers as printed (False, True, False). Read as entailment they are inverted: the first and third
+# hypotheses follow from their premises. The authors' code scored Hugging Face label 0 (entailment) as
+# "False"; here entailment is True (label 1), so these demonstrations disagree with the evaluated labels.
+RTE_DEMOS: tuple[Example, ...] = (
+    Example({"premise": "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian and "
+                        "Babylonian rulers by sending prisoners in Babylonia back to their original homelands and "
+                        "aiding in the restoration of temples of the gods of various nations.",
+             "hypothesis": "Babylon surrendered to Cyrus without going to battle."}, 0),
+    Example({"premise": "Successful plaintiffs recovered punitive damages in Texas discrimination cases 53% of the time.",
+             "hypothesis": "Legal costs to recover punitive damages are a deductible business expense."}, 1),
+    Example({"premise": "The gastric bypass operation, also known as stomach stapling, has become the most common "
+                        "surgical procedure for treating obesity.",
+             "hypothesis": "Obesity is medically treated."}, 0),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GLUE dev sets
+
+@dataclass(frozen=True)
+class _Layout:
+    """One file layout of a GLUE task: which columns hold the format's fields and the label."""
+
+    kind: str  # "GLUE TSV" or "Hugging Face export"
+    required: frozenset[str]  # header columns that identify the layout
+    fields: dict[str, str]  # format field -> column
+    label_column: str
+    labels: dict[str, int]  # label as written -> label index (1 = the positive class)
+    headerless: tuple[str, ...] = ()  # column names of a file without a header row
+    quoted: bool = False  # Hugging Face exports (pandas) quote fields with "..."; GLUE files do not
+
+
+@dataclass(frozen=True)
+class _GlueTask:
+    name: str
+    folders: tuple[str, ...]
+    format: TaskFormat
+    demos: tuple[Example, ...]
+    layouts: tuple[_Layout, ...]  # the last is the Hugging Face one, also used for hub rows
+    metric: str = "f1"
+
+
+_BINARY = {"0": 0, "1": 1}
+
+
+def _hf(fields: dict[str, str], labels: dict[str, int] = _BINARY, marker: str = "label") -> _Layout:
+    required = frozenset([*fields.values(), "label", marker])
+    return _Layout("Hugging Face export", required, fields, "label", labels, quoted=True)
+
+
+_GLUE: dict[str, _GlueTask] = {
+    t.name: t
+    for t in (
+        _GlueTask("sst2", ("SST-2", "sst2"), SST2_FORMAT, SST2_DEMOS, (
+            _Layout("GLUE TSV", frozenset({"sentence", "label"}), {"sentence": "sentence"}, "label", _BINARY),
+            _hf({"sentence": "sentence"}, marker="idx"),  # GLUE's header is sentence, label: idx tells them apart
+        )),
+        _GlueTask("mrpc", ("MRPC", "mrpc"), MRPC_FORMAT, MRPC_DEMOS, (
+            _Layout("GLUE TSV", frozenset({"Quality", "#1 String", "#2 String"}),
+                    {"sentence1": "#1 String", "sentence2": "#2 String"}, "Quality", _BINARY),
+            _hf({"sentence1": "sentence1", "sentence2": "sentence2"}),
+        )),
+        _GlueTask("rte", ("RTE", "rte"), RTE_FORMAT, RTE_DEMOS, (
+            _Layout("GLUE TSV", frozenset({"index", "sentence1", "sentence2", "label"}),
+                    {"premise": "sentence1", "hypothesis": "sentence2"}, "label",
+                    {"entailment": 1, "not_entailment": 0}),
+            _hf({"premise": "sentence1", "hypothesis": "sentence2"}, {"0": 1, "1": 0}),  # 0 = entailment
+        )),
+        _GlueTask("cola", ("CoLA", "cola"), COLA_FORMAT, COLA_DEMOS, (
+            _Layout("GLUE TSV", frozenset(), {"sentence": "sentence"}, "label", _BINARY,
+                    headerless=("source", "label", "mark", "sentence")),
+            _hf({"sentence": "sentence"}),
+        ), metric="mcc"),
+    )
+}
+GLUE_TASKS: tuple[str, ...] = tuple(_GLUE)
+_DEV_FILES = ("dev.tsv", "validation.tsv")
+_COLA_RAW = ("in_domain_dev.tsv", "out_of_domain_dev.tsv")  # cola_public/raw: GLUE's dev = both
+
+
+def _glue_spec(name: str) -> _GlueTask:
+    if name not in _GLUE:
+        raise ConfigError(f"unknown GLUE task {name!r}; valid: {', '.join(GLUE_TASKS)}")
+    return _GLUE[name]
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def _task_files(spec: _GlueTask, data_dir: Path) -> list[Path]:
+    """The dev file(s) of a task under ``data_dir`` (its folder matched case- and dash-insensitively)."""
+    wanted = {_norm(f) for f in spec.folders}
+    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and _norm(p.name) in wanted)
+    for folder in folders:
+        for fname in _DEV_FILES:
+            if (folder / fname).is_file():
+                return [folder / fname]
+        if spec.name == "cola" and all((folder / f).is_file() for f in _COLA_RAW):
+            return [folder / f for f in _COLA_RAW]
+    raise DataLoadError(
+        f"no {spec.name} dev set in {data_dir}: expected {data_dir / spec.folders[0] / 'dev.tsv'} "
+        "(GLUE TSV, or a Hugging Face export with header and numeric labels)"
+    )
+
+
+def _read_tsv(path: Path, spec: _GlueTask) -> Iterator[tuple[int, dict[str, str], _Layout]]:
+    """Rows of one TSV file as (line number, {column: value}, layout), the layout detected from its header."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        first = f.readline().rstrip("\r\n").split("\t")
+        header = set(first)
+        matching = [lay for lay in spec.layouts if lay.required and lay.required <= header]
+        layout = max(matching, key=lambda lay: len(lay.required), default=None)  # the most specific
+        if layout is not None:
+            columns, line_offset = first, 1
+        else:
+            layout = next((lay for lay in spec.layouts if len(lay.headerless) == len(first)), None)
+            if layout is None:
+                expected = "; ".join(
+                    f"{lay.kind}: {', '.join(sorted(lay.required)) if lay.required else '(no header)'}"
+                    for lay in spec.layouts)
+                raise DataLoadError(f"{path}, line 1: unrecognised {spec.name} header {first}; expected {expected}")
+            columns, line_offset = list(layout.headerless), 0
+            f.seek(0)
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL if layout.quoted else csv.QUOTE_NONE)
+        for row in reader:
+            if not row:
+                continue
+            line = reader.line_num + line_offset
+            if len(row) != len(columns):
+                raise DataLoadError(f"{path}, line {line}: expected {len(columns)} tab-separated columns "
+                                    f"({layout.kind} layout), found {len(row)}")
+            yield line, dict(zip(columns, row)), layout
+
+
+def _to_example(row: dict, layout: _Layout, where: str) -> Example:
+    raw = str(row[layout.label_column]).strip()
+    if raw not in layout.labels:
+        raise DataLoadError(f"{where}: label {raw!r} is not one of {', '.join(layout.labels)} "
+                            "(test splits have no labels; use the dev/validation split)")
+    return Example({k: str(row[col]).strip() for k, col in layout.fields.items()}, layout.labels[raw])
+
+
+def _load_hub(spec: _GlueTask) -> list[Example]:
+    from editscale.model.loading import hub_reachable
+
+    how = (f"point --data-dir (data_dir=) at a folder with {spec.folders[0]}/dev.tsv in the GLUE TSV layout "
+           "or a Hugging Face export")
+    try:
+        import datasets
+    except ImportError:
+        raise DataLoadError(f"no data directory given for {spec.name} and the `datasets` package is not "
+                            f"installed; {how}") from None
+    if not hub_reachable():
+        raise DataLoadError(f"no data directory given for {spec.name} and the Hugging Face hub cannot be "
+                            f"reached (no network); {how}")
+    try:
+        rows = datasets.load_dataset("nyu-mll/glue", spec.name, split="validation")
+    except (OSError, ValueError) as e:  # connection and missing-dataset errors are OSErrors
+        raise DataLoadError(f"could not load glue/{spec.name} from the hub ({str(e).splitlines()[0]}); {how}") from None
+    layout = spec.layouts[-1]
+    return [_to_example(row, layout, f"hub glue/{spec.name}, row {i}") for i, row in enumerate(rows)]
+
+
+def load_glue(name: str, data_dir: str | Path | None = None) -> list[Example]:
+    """All labelled dev examples of a GLUE task (``sst2``, ``mrpc``, ``rte``, ``cola``), in file order.
+
+    ``data_dir`` holds one folder per task (``SST-2/dev.tsv``, ``MRPC/dev.tsv``, ``RTE/dev.tsv``,
+    ``CoLA/dev.tsv`` or CoLA's ``in_domain_dev.tsv`` + ``out_of_domain_dev.tsv``; ``validation.tsv`` is
+    accepted too), each in the GLUE TSV layout or a Hugging Face export; without it the hub is used.
+    """
+    spec = _glue_spec(name)
+    if data_dir is None:
+        return _load_hub(spec)
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataLoadError(f"GLUE data directory {root} does not exist")
+    files = _task_files(spec, root)
+    examples = [_to_example(row, layout, f"{path}, line {line}")
+                for path in files for line, row, layout in _read_tsv(path, spec)]
+    if not examples:
+        raise DataLoadError(f"{spec.name}: no examples in {', '.join(map(str, files))}")
+    return examples
+
+
+def balanced_subset(examples: Sequence[Example], n: int, seed: int, n_labels: int = 2) -> tuple[Example, ...]:
+    """A seeded sample of ``n`` examples, ``n / n_labels`` of each label, in a seeded order."""
+    if n <= 0 or n % n_labels:
+        raise ConfigError(f"subset size {n} must be a positive multiple of {n_labels} (balanced classes)")
+    per = n // n_labels
+    pools = [[ex for ex in examples if ex.label == label] for label in range(n_labels)]
+    smallest = min(range(n_labels), key=lambda label: len(pools[label]))
+    if len(pools[smallest]) < per:
+        raise ConfigError(f"only {len(pools[smallest])} examples of label {smallest}; a balanced subset of {n} "
+                          f"needs {per} of each (use n <= {n_labels * len(pools[smallest])})")
+    rng = random.Random(seed)
+    chosen = [ex for pool in pools for ex in rng.sample(pool, per)]
+    rng.shuffle(chosen)
+    return tuple(chosen)
+
+
+def glue_task(name: str, data_dir: str | Path | None = None, n: int | None = 200, seed: int = 0) -> FewShotTask:
+    """A GLUE task with the paper's prompt and demonstrations on a balanced seeded subset (``n=None``: all)."""
+    spec = _glue_spec(name)
+    examples = load_glue(name, data_dir)
+    try:
+        chosen = tuple(examples) if n is None else balanced_subset(examples, n, seed)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    return FewShotTask(spec.name, spec.format, spec.demos, chosen, metric=spec.metric)

@@ -201,7 +201,7 @@ def read_records(path: str | Path, limit: int | None = None, skip_invalid: bool 
             if msg.startswith("record"):  # drop the record's own prefix: the location says it
                 msg = msg.split(": ", 1)[-1]
             if not skip_invalid:
-                raise RecordError(f"{where}: {msg}") from None
+                raise type(e)(f"{where}: {msg}") from None
             skipped.append(f"{where}: {msg}")
             continue
         if not case.case_id:

@@ -19,8 +19,9 @@ from torch import nn
 from editscale.errors import ConfigError
 
 if TYPE_CHECKING:
-    from editscale.data.records import EditRequest
     from editscale.methods.context import EditContext
+
+    from editscale.data.records import EditRequest
 
 
 @dataclass

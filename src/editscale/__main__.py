@@ -1,0 +1,3 @@
+from editscale.cli import main
+
+main()

@@ -1,0 +1,214 @@
+"""Few-shot downstream evaluation: classify each example by the model's label-word probabilities.
+
+An example's prediction is the label whose word (" positive" / " negative", " Yes" / " No", " True" /
+" False") is most probable right after its few-shot prompt; F1 of the positive class (label 1), accuracy and
+Matthews correlation come from scikit-learn.
+
+``DownstreamSuite`` tokenizes the prompts once and is then evaluated as often as needed (the sequential
+editing runner evaluates the same suite every few edits). When every label word is one token after every
+prompt, an example costs one forward pass, and the demonstrations all prompts start with are run once per
+task and reused through the key/value cache; otherwise label words are scored as multi-token continuations
+(``score_continuations``: the summed log-probability, i.e. the word's probability).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from torch import nn
+
+from editscale.data.downstream import GLUE_TASKS, FewShotTask, glue_task
+from editscale.errors import ConfigError
+from editscale.eval.scoring import model_device, score_continuations
+from editscale.model.tokens import encode, ensure_pad_token, pad_batch, target_ids
+from editscale.progress import progress_bar
+
+SKILLS = "skills"
+TASK_NAMES: tuple[str, ...] = (*GLUE_TASKS, SKILLS)
+
+
+def classification_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+    """F1 of the positive class (label 1), accuracy and Matthews correlation, and the number of examples."""
+    return {
+        "f1": float(f1_score(labels, predictions, pos_label=1, zero_division=0.0)),
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "mcc": float(matthews_corrcoef(labels, predictions)),
+        "n": len(labels),
+    }
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One task, tokenized: prompt ids, labels, the shared prefix length and the label-word token ids."""
+
+    task: FewShotTask
+    prompts: tuple[str, ...]
+    prompt_ids: tuple[tuple[int, ...], ...]
+    labels: tuple[int, ...]
+    prefix_len: int  # leading tokens every prompt shares (the demonstrations), at most the shortest prompt - 1
+    label_ids: torch.Tensor | None  # (N, n_labels) the token of each label word after each prompt; None: multi-token
+    longest: int  # the most positions one forward pass needs
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs):
+            return i
+    return n
+
+
+def _single_label_tokens(tokenizer, prompts: Sequence[str], prompt_ids: Sequence[Sequence[int]],
+                         words: Sequence[str]) -> torch.Tensor | None:
+    """The one token of each label word after each prompt, or None if any word is not exactly one token there."""
+    out = torch.empty(len(prompts), len(words), dtype=torch.long)
+    for j, word in enumerate(words):
+        full = tokenizer([f"{p} {word.strip()}" for p in prompts])["input_ids"]
+        for i, (ids, p_ids) in enumerate(zip(full, prompt_ids)):
+            if len(ids) != len(p_ids) + 1 or tuple(ids[: len(p_ids)]) != tuple(p_ids):
+                return None
+            out[i, j] = ids[-1]
+    return out
+
+
+def _prepare(task: FewShotTask, tokenizer) -> _Prepared:
+    if not task.examples:
+        raise ConfigError(f"task {task.name!r} has no examples to evaluate")
+    prompts = tuple(task.prompt(ex) for ex in task.examples)
+    prompt_ids = tuple(tuple(encode(tokenizer, p)) for p in prompts)
+    prefix = min(_common_prefix_len(prompt_ids), min(len(p) for p in prompt_ids) - 1)
+    label_ids = _single_label_tokens(tokenizer, prompts, prompt_ids, task.label_words)
+    longest = max(len(p) for p in prompt_ids)
+    if label_ids is None:  # the label words are fed after the prompt
+        longest += max(len(target_ids(tokenizer, w)) for w in task.label_words)
+    return _Prepared(task, prompts, prompt_ids, tuple(ex.label for ex in task.examples), prefix, label_ids, longest)
+
+
+class DownstreamSuite:
+    """Few-shot tasks prepared once for one tokenizer, evaluated on any model that uses it.
+
+    ``evaluate(model)`` returns ``{task name: {"f1", "accuracy", "mcc", "n"}}``.
+    """
+
+    def __init__(self, tasks: Sequence[FewShotTask], tokenizer, *, batch_size: int = 16):
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate task names in {names}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        ensure_pad_token(tokenizer)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.tasks = tuple(tasks)
+        self._prepared = tuple(_prepare(t, tokenizer) for t in self.tasks)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    @torch.no_grad()
+    def label_logprobs(self, model: nn.Module, *, progress: bool | None = False) -> dict[str, torch.Tensor]:
+        """Per task, the (N, n_labels) log-probabilities of the label words after each prompt."""
+        self._check_context(model)
+        return {prep.task.name: self._logprobs(model, prep, progress) for prep in self._prepared}
+
+    def evaluate(self, model: nn.Module, *, progress: bool | None = False) -> dict[str, dict[str, float]]:
+        """F1 (positive class), accuracy, MCC and n of every task."""
+        logprobs = self.label_logprobs(model, progress=progress)
+        return {prep.task.name: classification_metrics(prep.labels, logprobs[prep.task.name].argmax(-1).tolist())
+                for prep in self._prepared}
+
+    def _check_context(self, model: nn.Module) -> None:
+        cfg = getattr(model, "config", None)
+        limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        for prep in self._prepared:
+            if limit is not None and prep.longest > limit:
+                raise ConfigError(f"task {prep.task.name!r}: prompts reach {prep.longest} tokens but the model's "
+                                  f"context is {limit}; use a model with a longer context or fewer demonstrations")
+
+    def _logprobs(self, model: nn.Module, prep: _Prepared, progress: bool | None) -> torch.Tensor:
+        if prep.label_ids is not None:
+            return self._single_token_logprobs(model, prep, progress)
+        words = prep.task.label_words
+        scores = score_continuations(model, self.tokenizer, [p for p in prep.prompts for _ in words],
+                                     [w for _ in prep.prompts for w in words], batch_size=self.batch_size)
+        return scores.logprob.float().view(len(prep.prompts), len(words))
+
+    def _single_token_logprobs(self, model: nn.Module, prep: _Prepared, progress: bool | None) -> torch.Tensor:
+        """One forward per example over its tokens after the shared prefix; the prefix runs once, cached."""
+        device = model_device(model)
+        n, p_len = len(prep.prompt_ids), prep.prefix_len
+        cache = None
+        if p_len:
+            prefix = torch.tensor([prep.prompt_ids[0][:p_len]], device=device)
+            cache = model(input_ids=prefix, use_cache=True).past_key_values
+        out = torch.empty(n, prep.label_ids.shape[1])
+        order = sorted(range(n), key=lambda i: len(prep.prompt_ids[i]))  # similar lengths pad little
+        with progress_bar(f"downstream {prep.task.name}", n, enabled=progress) as advance:
+            for start in range(0, n, self.batch_size):
+                idx = order[start: start + self.batch_size]
+                batch = pad_batch([prep.prompt_ids[i][p_len:] for i in idx], self.tokenizer.pad_token_id, device)
+                mask, past = batch.attention_mask, None
+                if cache is not None:
+                    past = copy.deepcopy(cache)
+                    past.batch_repeat_interleave(len(idx))
+                    mask = torch.cat([mask.new_ones(len(idx), p_len), mask], dim=1)
+                logits = model(input_ids=batch.input_ids, attention_mask=mask, past_key_values=past,
+                               use_cache=past is not None).logits
+                last = logits[torch.arange(len(idx), device=device), batch.lengths - 1].float()
+                lp = torch.log_softmax(last, dim=-1).gather(1, prep.label_ids[idx].to(device))
+                out[torch.tensor(idx)] = lp.cpu()
+                advance(len(idx))
+        return out
+
+
+def parse_task_names(spec: str | Sequence[str]) -> list[str]:
+    """Task names from ``"sst2,mrpc"`` or a list, validated against ``TASK_NAMES``."""
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [s.strip() for s in spec]
+    names = [s for s in names if s]
+    unknown = [s for s in names if s not in TASK_NAMES]
+    if unknown or not names:
+        what = f"unknown task {unknown[0]!r}" if unknown else "no tasks given"
+        raise ConfigError(f"{what}; valid tasks: {', '.join(TASK_NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+def resolve_tasks(names_or_tasks: str | Sequence[str | FewShotTask], *, data_dir: str | Path | None = None,
+                  n: int | None = 200, seed: int = 0, model_dir: str | Path | None = None) -> list[FewShotTask]:
+    """GLUE task names (loaded from ``data_dir`` or the hub), ``"skills"`` (the testbed model in ``model_dir``'s
+    four synthetic skills) and ready ``FewShotTask`` objects, as one list of tasks."""
+    items = [names_or_tasks] if isinstance(names_or_tasks, str) else list(names_or_tasks)
+    tasks: list[FewShotTask] = []
+    for item in items:
+        if isinstance(item, FewShotTask):
+            tasks.append(item)
+            continue
+        for name in parse_task_names(item):
+            if name != SKILLS:
+                tasks.append(glue_task(name, data_dir, n=n, seed=seed))
+                continue
+            if model_dir is None:
+                raise ConfigError("task 'skills' needs the testbed model's directory (model_dir)")
+            from editscale.testbed.skills import skill_tasks
+
+            tasks.extend(skill_tasks(model_dir, n=200 if n is None else n, seed=seed))
+    return tasks
+
+
+def evaluate_task(model: nn.Module, tokenizer, task: FewShotTask, batch_size: int = 16) -> dict[str, float]:
+    """F1 (positive class), accuracy, MCC and n of one task."""
+    return DownstreamSuite([task], tokenizer, batch_size=batch_size).evaluate(model)[task.name]
+
+
+def evaluate_tasks(model: nn.Module, tokenizer, names_or_tasks: str | Sequence[str | FewShotTask], *,
+                   data_dir: str | Path | None = None, n: int | None = 200, seed: int = 0, batch_size: int = 16,
+                   model_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate tasks given by name (see ``resolve_tasks``) or as objects. To evaluate the same tasks many
+    times, build a ``DownstreamSuite`` once instead."""
+    tasks = resolve_tasks(names_or_tasks, data_dir=data_dir, n=n, seed=seed, model_dir=model_dir)
+    return DownstreamSuite(tasks, tokenizer, batch_size=batch_size).evaluate(model)

@@ -1,0 +1,373 @@
+"""The sequential-editing experiment: edit one model with many facts in order and measure, as edits pile up,
+editing proficiency, forgetting of earlier edits, downstream ability and drift of the edited weights.
+
+``run_experiment(config, out_dir)`` runs a config to its end; ``resume(out_dir)`` continues a killed run from
+its last checkpoint and produces the same per-edit results as a run that was never interrupted.
+
+Numbering: update ``u`` = 1..U applies edits ``(u-1)*batch + 1 .. u*batch`` (edits are numbered from 1);
+update 0 is the unedited model (the downstream baseline). The schedule, per update ``u``:
+
+1. compute the update (the method's ``Delta``) and apply it;
+2. measure every matrix edited so far: Frobenius distance from its original, that distance over the layer's
+   neurons (the paper's normalized distance), and this update's norm; score the new edits (efficacy,
+   paraphrase, neighborhood); measure generation entropy for the guard;
+3. the guard flags a disabling update and, when configured, reverts it;
+4. ``u % forget_every == 0`` or the last update: re-check every earlier successful edit, then checkpoint;
+5. ``u % downstream_every == 0`` or the last update: downstream tasks.
+
+Only one copy of each edited matrix's original weights is kept, whatever the number of edits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from editscale.data.records import EditCase
+from editscale.errors import RunStateError
+from editscale.eval.counterfact import evaluate_cases
+from editscale.experiment.checkpoint import (Checkpoint, checkpoint_dir, load_checkpoint, prune_checkpoints,
+                                             restore_weights, save_checkpoint, set_rng_states)
+from editscale.experiment.config import RunConfig, load_config, parse_config, sample_cases
+from editscale.experiment.guard import Guard, UpdateSignals, generation_entropy
+from editscale.experiment.store import DB_NAME, EDIT_METRICS, RunStore
+from editscale.methods.base import Delta, EditState
+from editscale.progress import progress_bar
+
+SUMMARY_WINDOW = 50
+_VERSIONED = ("editscale", "torch", "transformers", "tokenizers", "safetensors", "numpy")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which updates get re-checks (and checkpoints) and downstream evaluations."""
+
+    n_edits: int
+    batch: int
+    forget_every: int
+    downstream_every: int  # 0: never
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> Schedule:
+        return cls(cfg.edits, cfg.batch, cfg.forget_every, cfg.downstream_every)
+
+    @property
+    def n_updates(self) -> int:
+        return -(-self.n_edits // self.batch)
+
+    def edits_in(self, u: int) -> range:
+        """Edit numbers (from 1) applied by update ``u`` (from 1)."""
+        return range((u - 1) * self.batch + 1, min(u * self.batch, self.n_edits) + 1)
+
+    def n_edits_after(self, u: int) -> int:
+        return min(u * self.batch, self.n_edits)
+
+    def recheck(self, u: int) -> bool:
+        return u > 0 and (u % self.forget_every == 0 or u == self.n_updates)
+
+    def downstream(self, u: int) -> bool:
+        if self.downstream_every == 0:
+            return False
+        return u == 0 or u % self.downstream_every == 0 or u == self.n_updates
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _layer_of(param: str, layers_path: str) -> int | None:
+    m = re.match(re.escape(layers_path) + r"\.(\d+)\.", param)
+    return int(m.group(1)) if m else None
+
+
+def _recheck_case(case: EditCase) -> EditCase:
+    """The case reduced to its edit prompt: a re-check asks only whether the edit still holds."""
+    return dataclasses.replace(case, paraphrase_prompts=(), neighborhood_prompts=(), attribute_prompts=(),
+                               generation_prompts=(), other_fact_prompts=())
+
+
+def _entropy_prompts(cases: Sequence[EditCase], n: int) -> list[str]:
+    """Fixed prompts for the guard's generation entropy: the cases' generation prompts, else edit prompts."""
+    prompts = [p for c in cases for p in c.generation_prompts] or [c.request.text for c in cases]
+    return list(dict.fromkeys(prompts))[:n]
+
+
+def _downstream_evaluator(cfg: RunConfig, model: nn.Module, tokenizer) -> Callable[[], dict[str, dict[str, float]]]:
+    """Prepare the downstream suite once; the returned callable evaluates the model as it is now."""
+    from editscale.eval.downstream import DownstreamSuite, resolve_tasks
+    from editscale.model.loading import resolve_model_path
+
+    tasks = resolve_tasks(cfg.tasks, data_dir=cfg.downstream_data_dir, n=cfg.downstream_n, seed=cfg.seed,
+                          model_dir=resolve_model_path(cfg.model))
+    suite = DownstreamSuite(tasks, tokenizer, batch_size=cfg.eval_batch_size)
+    return lambda: suite.evaluate(model)
+
+
+class _Run:
+    """One run's live objects: model, editor, store, guard and what the loop carries between updates."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, cases: list[EditCase], progress: bool | None) -> None:
+        from editscale.api import Editor
+        from editscale.model.loading import fingerprint, load_model
+
+        self.cfg, self.run_dir, self.cases, self.progress = cfg, run_dir, cases, progress
+        self.schedule = Schedule.of(cfg)
+        self.model, self.tok, self.anatomy = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        self.fingerprint = fingerprint(self.model)
+        self.editor = Editor(self.model, self.tok, cfg.method.name, cfg.method.hparams or None)
+        self.downstream = (_downstream_evaluator(cfg, self.model, self.tok) if cfg.downstream_every else None)
+        self.guard = Guard(cfg.guard)
+        self.entropy_prompts = (_entropy_prompts(cases, cfg.guard.entropy_prompts)
+                                if cfg.guard.enabled else [])
+        # carried between updates (and in checkpoints)
+        self.originals: dict[str, torch.Tensor] = {}  # one copy of each edited matrix, stored layout
+        self.transposed: dict[str, bool] = {}
+        self.last_frobenius: dict[str, float] = {}
+        self.successful: list[int] = []  # edits that succeeded when made and were kept
+        self.store: RunStore | None = None
+
+    # --- start and resume -------------------------------------------------------------------------------
+    def create_store(self) -> RunStore:
+        store = RunStore.in_dir(self.run_dir, create=True)
+        store.set_meta(config=self.cfg.to_dict(), versions=package_versions(), fingerprint=self.fingerprint,
+                       created=datetime.now(UTC).isoformat(timespec="seconds"), status="running")
+        store.write_plan((i + 1, (i // self.cfg.batch) + 1, c.case_id, c.request.subject, c.to_dict())
+                         for i, c in enumerate(self.cases))
+        self.store = store
+        return store
+
+    def baseline(self) -> None:
+        """Measurements of the unedited model (update 0): downstream and the guard's entropy baseline."""
+        assert self.store is not None
+        self.store.truncate_after(-1)
+        if self.schedule.downstream(0) and self.downstream is not None:
+            self.store.record_downstream(0, 0, self.downstream())
+        entropy = self._entropy()
+        self.guard.baseline_entropy = entropy
+        self.store.set_meta(baseline={"entropy": entropy})
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Bring model, method state, RNGs and loop state to where the checkpoint was taken."""
+        params = dict(self.model.named_parameters())
+        self.originals = {n: params[n].detach().clone() for n in ckpt.delta}
+        restore_weights(self.model, self.originals, ckpt)
+        self.transposed = dict(ckpt.runner["transposed"])
+        self.last_frobenius = dict(ckpt.runner["last_frobenius"])
+        self.successful = list(ckpt.runner["successful"])
+        self.guard.load_state_dict(ckpt.runner["guard"])
+        self.editor.state = ckpt.state
+        set_rng_states(ckpt.rng)
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def loop(self, first_update: int) -> None:
+        total = self.schedule.n_updates
+        with progress_bar(f"editing ({self.cfg.method.name})", total, self.progress) as advance:
+            advance(first_update - 1)
+            for u in range(first_update, total + 1):
+                status = self.step(u)
+                advance(1, status=status)
+        assert self.store is not None
+        self.store.set_meta(status="complete")
+
+    def step(self, u: int) -> str:
+        assert self.store is not None
+        t0 = time.perf_counter()
+        idx = self.schedule.edits_in(u)
+        batch = [self.cases[i - 1] for i in idx]
+        state_before = self._snapshot_state() if self.cfg.guard.revert else None
+        delta = self.editor.compute([c.request for c in batch])
+        self._keep_originals(delta)
+        delta.apply(self.model)
+        norms = delta.norms()
+        distances, jump = self._distances(norms)
+        scores = evaluate_cases(self.model, self.tok, batch, batch_size=self.cfg.eval_batch_size).cases
+        signals = UpdateSignals(update_norm=math.sqrt(sum(n * n for n in norms.values())), distance_jump=jump,
+                                neighborhood=_nanmean([s.neighborhood for s in scores]),
+                                entropy=self._entropy())
+        flags = self.guard.check(signals)
+        refused = bool(flags) and self.cfg.guard.revert
+        if refused:
+            delta.revert(self.model)
+            self.editor.state = EditState.from_state_dict(state_before)
+            distances, _ = self._distances({})
+        else:
+            delta.forget_originals()
+            self.guard.accept(signals)
+            self.successful.extend(i for i, s in zip(idx, scores) if s.efficacy == 1.0)
+        self.last_frobenius.update({d["param"]: d["frobenius"] for d in distances})
+        last_edit = idx[-1]
+        events = [{"edit_idx": last_edit, "kind": "flagged", "rule": f.rule, "value": f.value,
+                   "threshold": f.threshold, "detail": f.detail} for f in flags]
+        if refused:
+            events.append({"edit_idx": last_edit, "kind": "refused", "rule": ",".join(f.rule for f in flags),
+                           "detail": "update reverted by the guard"})
+        self.store.record_update(
+            u, last_edit, time.perf_counter() - t0, signals.entropy, refused,
+            edits=[{"edit_idx": i, "case_id": c.case_id, **{m: getattr(s, m) for m in EDIT_METRICS}}
+                   for i, c, s in zip(idx, batch, scores)],
+            distances=distances, events=events)
+        status = f"eff {_nanmean([s.efficacy for s in scores]):.2f}"
+        if self.schedule.recheck(u):
+            pct = self._recheck(u, first_new=idx[0])
+            status += f" forgotten {pct:.0f}%"
+            if self.cfg.checkpoint:
+                self._checkpoint(u)
+        if self.schedule.downstream(u) and self.downstream is not None:
+            self.store.record_downstream(u, last_edit, self.downstream())
+        return status + (" FLAGGED" if flags else "")
+
+    # --- pieces ---------------------------------------------------------------------------------------------
+    def _snapshot_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.editor.state.state_dict().items()}
+
+    def _keep_originals(self, delta: Delta) -> None:
+        params = dict(self.model.named_parameters())
+        for name, upd in delta.updates.items():
+            if name not in self.originals:
+                self.originals[name] = params[name].detach().clone()
+                self.transposed[name] = upd.transposed
+
+    def _distances(self, norms: dict[str, float]) -> tuple[list[dict[str, Any]], float]:
+        """Per edited matrix: distance from its original and this update's norm; and the largest jump."""
+        params = dict(self.model.named_parameters())
+        rows, jump = [], 0.0
+        with torch.no_grad():
+            for name, orig in self.originals.items():
+                w = params[name]
+                frob = float((w.detach().float() - orig.float()).norm())
+                n_neurons = max(w.shape)  # the MLP width: the larger side of an MLP matrix
+                rows.append({"param": name, "layer": _layer_of(name, self.anatomy.layers), "n_neurons": n_neurons,
+                             "frobenius": frob, "normalized": frob / n_neurons,
+                             "update_norm": norms.get(name, 0.0)})
+                jump = max(jump, frob - self.last_frobenius.get(name, 0.0))
+        return rows, jump
+
+    def _entropy(self) -> float | None:
+        if not self.entropy_prompts:
+            return None
+        return generation_entropy(self.model, self.tok, self.entropy_prompts, self.cfg.guard.entropy_tokens,
+                                  seed=self.cfg.seed)
+
+    def _recheck(self, u: int, first_new: int) -> float:
+        """Re-test every earlier successful edit; returns the percentage forgotten."""
+        assert self.store is not None
+        earlier = [e for e in self.successful if e < first_new]
+        holds: dict[int, bool] = {}
+        if earlier:
+            cases = [_recheck_case(self.cases[e - 1]) for e in earlier]
+            res = evaluate_cases(self.model, self.tok, cases, batch_size=self.cfg.eval_batch_size)
+            holds = {e: s.efficacy == 1.0 for e, s in zip(earlier, res.cases)}
+        self.store.record_recheck(u, self.schedule.n_edits_after(u), holds)
+        return 100.0 * sum(not h for h in holds.values()) / len(holds) if holds else 0.0
+
+    def _checkpoint(self, u: int) -> None:
+        assert self.store is not None
+        runner = {"transposed": self.transposed, "last_frobenius": self.last_frobenius,
+                  "successful": self.successful, "guard": self.guard.state_dict()}
+        path = save_checkpoint(self.run_dir, u, self.schedule.n_edits_after(u), self.model, self.originals,
+                               self.transposed, self.editor.state, runner)
+        self.store.record_checkpoint(u, self.schedule.n_edits_after(u), str(path.relative_to(self.run_dir)))
+        prune_checkpoints(self.run_dir, keep=path)
+
+
+def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *,
+                   progress: bool | None = None) -> dict[str, Any]:
+    """Run a sequential-editing experiment into ``out_dir`` (database, checkpoints); returns its summary."""
+    cfg = config if isinstance(config, RunConfig) else (
+        parse_config(config) if isinstance(config, dict) else load_config(config))
+    run_dir = Path(out_dir)
+    if (run_dir / DB_NAME).exists():
+        raise RunStateError(f"{run_dir} already holds a run; continue it with `editscale run --resume {run_dir}` "
+                            "or choose another --out")
+    from editscale.data import load_cases
+
+    cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed)
+    run = _Run(cfg, run_dir, cases, progress)
+    run.create_store()
+    run.baseline()
+    seed_everything(cfg.seed)
+    run.loop(1)
+    return summarize(run_dir)
+
+
+def resume(out_dir: str | Path, *, progress: bool | None = None) -> dict[str, Any]:
+    """Continue a run from its last checkpoint (results after it are redone); returns its summary."""
+    run_dir = Path(out_dir)
+    store = RunStore.in_dir(run_dir)
+    meta = store.meta()
+    if meta.get("status") == "complete":
+        store.close()
+        return summarize(run_dir)
+    cfg = parse_config(meta["config"], source=f"stored config of {run_dir}")
+    cases = [EditCase.from_dict(d) for d in store.plan()]
+    store.close()
+    run = _Run(cfg, run_dir, cases, progress)
+    if run.fingerprint != meta["fingerprint"]:
+        raise RunStateError(f"model {cfg.model!r} is not the model this run started with (fingerprint "
+                            f"{run.fingerprint} != {meta['fingerprint']}); resume needs the same weights")
+    run.store = RunStore.in_dir(run_dir)
+    ckpts = [c for c in run.store.checkpoints() if (run_dir / c[2] / "info.json").is_file()]
+    if "baseline" not in meta:
+        run.baseline()
+        first = 1
+    elif not ckpts:
+        run.store.truncate_after(0)
+        run.guard.baseline_entropy = meta["baseline"]["entropy"]
+        first = 1
+    else:
+        update_idx = ckpts[-1][0]
+        run.store.truncate_after(update_idx)
+        run.restore(load_checkpoint(checkpoint_dir(run_dir, update_idx)))
+        first = update_idx + 1
+    if first == 1:
+        seed_everything(cfg.seed)
+    run.loop(first)
+    return summarize(run_dir)
+
+
+def summarize(run_dir: str | Path) -> dict[str, Any]:
+    """The run's headline: edits made, scores over the last 50 edits, forgotten fraction, flagged edits."""
+    with RunStore.in_dir(run_dir) as store:
+        n = store.rows("SELECT COUNT(*) FROM edits")[0][0]
+        means = store.rows(
+            "SELECT AVG(efficacy), AVG(paraphrase), AVG(neighborhood) FROM "
+            f"(SELECT * FROM edits ORDER BY edit_idx DESC LIMIT {SUMMARY_WINDOW})")[0]
+        last = store.rows("SELECT n_checked, n_forgotten FROM rechecks ORDER BY update_idx DESC LIMIT 1")
+        flagged = [r[0] for r in store.rows("SELECT DISTINCT edit_idx FROM events WHERE kind = 'flagged' "
+                                            "ORDER BY edit_idx")]
+        refused = [r[0] for r in store.rows("SELECT DISTINCT edit_idx FROM events WHERE kind = 'refused' "
+                                            "ORDER BY edit_idx")]
+    forgotten = (last[0][1] / last[0][0]) if last and last[0][0] else (0.0 if last else None)
+    return {"edits": n, "efficacy": means[0], "paraphrase": means[1], "neighborhood": means[2],
+            "forgotten": forgotten, "flagged": flagged, "refused": refused}

@@ -1,0 +1,102 @@
+"""The report of one or more runs: the PNG plots and one self-contained HTML page with a summary table."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from editscale.errors import RunStateError
+from editscale.experiment.runner import summarize
+from editscale.experiment.store import DB_NAME, RunStore
+from editscale.report.plots import load_run, write_plots
+
+_CAPTIONS = {
+    "proficiency.png": "Efficacy, paraphrase and neighborhood of each new edit, averaged over the last 5 edits "
+                       "(dotted) and the last 50 (solid). Crosses: flagged (possibly disabling) edits.",
+    "forgetting.png": "Percentage of earlier successful edits that no longer hold, at each re-check.",
+    "downstream.png": "Downstream F1 per task (edits = 0: the unedited model).",
+    "distance.png": "Normalized distance of each edited matrix from its original weights: Frobenius norm of "
+                    "W - W_orig divided by the number of neurons of the layer.",
+}
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
+    """One row of the summary table."""
+    s = summarize(run_dir)
+    with RunStore.in_dir(run_dir) as store:
+        meta = store.meta()
+        seconds = store.rows("SELECT SUM(seconds) FROM updates")[0][0] or 0.0
+    cfg = meta["config"]
+    return {
+        "run": label, "directory": str(run_dir), "method": cfg["method"]["name"], "model": cfg["model"],
+        "status": meta.get("status", "?"), "edits": s["edits"], "efficacy": _pct(s["efficacy"]),
+        "paraphrase": _pct(s["paraphrase"]), "neighborhood": _pct(s["neighborhood"]),
+        "forgotten %": _pct(s["forgotten"]),
+        "first flagged edit": str(s["flagged"][0]) if s["flagged"] else "-",
+        "flagged": str(len(s["flagged"])), "refused": str(len(s["refused"])),
+        "editing time": f"{seconds / 60:.1f} min",
+    }
+
+
+def _labels(run_dirs: list[Path]) -> list[str]:
+    """Method names, made unique with the directory name where two runs share a method."""
+    methods = []
+    for d in run_dirs:
+        with RunStore.in_dir(d) as store:
+            methods.append(store.meta()["config"]["method"]["name"])
+    return [m if methods.count(m) == 1 else f"{m} ({d.name})" for m, d in zip(methods, run_dirs)]
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
+    """Plots and ``report.html`` for these runs into ``out_dir`` (default: RUN_DIR/report for one run, else
+    a ``report`` folder beside the first run). Returns the HTML file."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise RunStateError("no run directories given")
+    for d in dirs:
+        if not (d / DB_NAME).is_file():
+            raise RunStateError(f"{d} is not a run directory (no {DB_NAME}); start one with `editscale run`")
+    out = Path(out_dir) if out_dir is not None else (dirs[0] / "report" if len(dirs) == 1
+                                                     else dirs[0].parent / "report")
+    labels = _labels(dirs)
+    runs = [load_run(d, label) for d, label in zip(dirs, labels)]
+    images = write_plots(runs, out)
+    rows = [run_summary_row(d, label) for d, label in zip(dirs, labels)]
+    page = out / "report.html"
+    page.write_text(_page(rows, images))
+    return page
+
+
+def _page(rows: list[dict[str, Any]], images: list[Path]) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    figures = "".join(
+        f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
+        f"<figcaption>{html.escape(_CAPTIONS.get(p.name, ''))}</figcaption></figure>" for p in images)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>editscale report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th {{ background: #f3f3f3; }}
+td:nth-child(-n+5) {{ text-align: left; }}
+figure {{ margin: 0 0 2em 0; }}
+img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 0.9em; }}
+</style></head>
+<body>
+<h1>Sequential editing report</h1>
+<p>Scores are percentages averaged over the last 50 edits; "forgotten %" is the share of earlier successful
+edits failing at the last re-check; flagged edits are possible disabling edits (see the events table in each
+run's results.sqlite).</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{figures}
+</body></html>
+"""

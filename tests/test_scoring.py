@@ -1,0 +1,82 @@
+"""Scoring and CounterFact metrics on hand-computed cases (a bigram LM with chosen probabilities)."""
+
+import math
+
+import pytest
+import torch
+from tiny import BigramLM, bpe_tokenizer, random_model, word_tokenizer
+
+from editscale.data.records import EditCase, EditRequest
+from editscale.eval.counterfact import evaluate_cases
+from editscale.eval.scoring import harmonic_mean, ngram_entropy, score_continuations
+
+WORDS = ["Ann", "Bob", "is", "in", "x", "y", "z"]
+
+
+@pytest.fixture()
+def bigram():
+    tok = word_tokenizer(WORDS)
+    ids = tok.get_vocab()
+    v = len(ids)
+    probs = torch.full((v, v), 1e-3)
+    probs[ids["is"], ids["x"]] = 0.6
+    probs[ids["is"], ids["y"]] = 0.3
+    probs[ids["in"], ids["x"]] = 0.2
+    probs[ids["in"], ids["y"]] = 0.7
+    probs[ids["x"], ids["z"]] = 0.5
+    probs[ids["y"], ids["z"]] = 0.1
+    probs = probs / probs.sum(1, keepdim=True)
+    return BigramLM(probs), tok, probs, ids
+
+
+def test_multi_token_logprob_is_sum_over_target_tokens(bigram):
+    model, tok, probs, ids = bigram
+    s = score_continuations(model, tok, ["Ann is", "Bob in", "Ann is"], ["x z", "y", "y z"], batch_size=2)
+    expected = [
+        math.log(probs[ids["is"], ids["x"]]) + math.log(probs[ids["x"], ids["z"]]),
+        math.log(probs[ids["in"], ids["y"]]),
+        math.log(probs[ids["is"], ids["y"]]) + math.log(probs[ids["y"], ids["z"]]),
+    ]
+    assert s.logprob.tolist() == pytest.approx(expected, rel=1e-5)
+    assert s.n_tokens.tolist() == [2, 1, 2]
+    assert s.all_argmax.tolist() == [True, True, False]  # y then z: y is not argmax after "is"
+    assert s.token_accuracy.tolist() == pytest.approx([1.0, 1.0, 0.5])
+
+
+def test_counterfact_metrics_hand_computed(bigram):
+    model, tok, probs, ids = bigram
+    p = lambda a, b: float(probs[ids[a], ids[b]])
+    case = EditCase(
+        EditRequest("{} is", "Ann", target_new="y", target_true="x", case_id="c1"),
+        paraphrase_prompts=("Ann in", "Bob is"),
+        neighborhood_prompts=("Bob is", "Bob in"),
+    )
+    r = evaluate_cases(model, tok, [case]).summary()
+    assert r["n"] == 1
+    assert r["efficacy"] == 0.0  # P(y|is)=.3 < P(x|is)=.6
+    assert r["efficacy_magnitude"] == pytest.approx(p("is", "y") - p("is", "x"), abs=1e-6)
+    assert r["paraphrase"] == 0.5  # "in" prefers y, "is" prefers x
+    assert r["neighborhood"] == 0.5  # true x wins after "is", loses after "in"
+    nm = ((p("is", "x") - p("is", "y")) + (p("in", "x") - p("in", "y"))) / 2
+    assert r["neighborhood_magnitude"] == pytest.approx(nm, abs=1e-6)
+    assert r["score"] == 0.0  # harmonic mean with a zero
+    assert r["efficacy_acc"] == 0.0 and r["paraphrase_acc"] == 0.5
+
+
+def test_padding_does_not_change_scores():
+    tok = bpe_tokenizer()
+    model = random_model("gpt2", vocab_size=len(tok))
+    prompts = ["The quick brown fox", "LeBron James plays the sport of", "Paris"]
+    targets = ["jumps over", "basketball", "is lovely"]
+    batched = score_continuations(model, tok, prompts, targets, batch_size=3)
+    single = [score_continuations(model, tok, [p], [t]).logprob.item() for p, t in zip(prompts, targets)]
+    assert batched.logprob.tolist() == pytest.approx(single, abs=1e-4)
+
+
+def test_harmonic_mean_and_entropy():
+    assert harmonic_mean([0.5, 1.0, 1.0]) == pytest.approx(3 / (2 + 1 + 1))
+    assert harmonic_mean([0.0, 1.0]) == 0.0
+    # "a b a b": bigrams ab, ba, ab -> H2 = H(2/3, 1/3); trigrams aba, bab -> H3 = 1 bit
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert ngram_entropy("a b a b") == pytest.approx((h2 * 2 / 3 + 1.0 * 4 / 3) / 2)
+    assert ngram_entropy("the the the the the") == 0.0
