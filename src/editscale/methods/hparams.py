@@ -1,0 +1,311 @@
+"""Hyperparameters of the editing methods: validated pydantic models with the papers' defaults.
+
+A method's hyperparameters are resolved in three steps (``resolve_hparams``):
+
+1. the class defaults, which are the GPT-J values of the reference implementations;
+2. a preset for the model when it is recognised (GPT-2 XL, GPT-J 6B, GPT-NeoX 20B, Llama-family, a testbed
+   model with its ``editscale_testbed.json`` manifest), see ``PRESETS``;
+3. the caller's overrides (a dict, a YAML file or an Hparams object).
+
+Layers left unset default from the manifest or from the model's depth (``default_layers``). Every problem is a
+one-line ``ConfigError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
+from pydantic import field_validator
+from torch import nn
+
+from editscale.errors import ConfigError
+from editscale.model.anatomy import Anatomy
+
+MANIFEST_FILE = "editscale_testbed.json"
+
+
+def _one_line(cls_name: str, err: ValidationError) -> ConfigError:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+    msg = first["msg"]
+    got = first.get("input")
+    tail = "" if first["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+    more = len(err.errors()) - 1
+    extra = f"; and {more} more problem{'s' * (more > 1)}" if more else ""
+    return ConfigError(f"{cls_name}: field '{loc}': {msg}{tail}{extra}")
+
+
+class HparamsBase(BaseModel):
+    """Validated, YAML-loadable hyperparameters; unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def validated(cls, data: dict[str, Any] | None = None) -> Self:
+        """Build from a mapping, raising a one-line ``ConfigError`` that names the bad field."""
+        try:
+            return cls.model_validate(dict(data or {}))
+        except ValidationError as e:
+            raise _one_line(cls.__name__, e) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Self:
+        return cls.validated(read_hparams_file(path))
+
+    def updated(self, **changes: Any) -> Self:
+        """A copy with some fields changed (validated)."""
+        return type(self).validated({**self.model_dump(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def read_hparams_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (or JSON) mapping of hyperparameters; an optional ``method`` key is returned with the rest."""
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"hyperparameter file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"hyperparameter file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"hyperparameter file {str(p)!r} must hold a mapping of field: value")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------------
+# the shared parts
+# --------------------------------------------------------------------------------------------------------
+class StatsHparams(HparamsBase):
+    """Second-moment statistics of the keys (C = E[k k^T])."""
+
+    mom2_corpus: str | None = Field(None, description="text file, testbed:NAME, hub:NAME; None: the model's own")
+    mom2_n_samples: PositiveInt = 100_000  # key vectors (tokens)
+    mom2_dtype: Literal["float32", "float64"] = "float32"
+    mom2_max_length: PositiveInt = 1024  # tokens per text (clipped to the model's context)
+    mom2_batch_size: PositiveInt = 16
+
+
+class TargetHparams(HparamsBase):
+    """The shared target-vector optimisation (ROME's v*, MEMIT's z) and its context prefixes."""
+
+    # context prefixes sampled from the model: (length in tokens, count) per group
+    context_lengths: list[tuple[PositiveInt, PositiveInt]] = [(5, 10), (10, 10)]
+    context_starts: list[str] | None = None  # words the samples start from; None: the BOS/EOS token
+    context_top_k: PositiveInt = 5
+    key_average: Literal["uniform", "grouped"] = "uniform"  # ROME: uniform; MEMIT: per group, then groups
+    v_lr: PositiveFloat = 0.5
+    v_steps: PositiveInt = 20
+    v_weight_decay: NonNegativeFloat = 0.5  # x ||delta|| / ||init||^2
+    kl_factor: NonNegativeFloat = 0.0625
+    kl_prompt: str = "{} is a"
+    kl_other_facts: bool = True  # KL also on the case's other facts of the same subject, when given
+    clamp_norm_factor: PositiveFloat = 4.0  # ||delta|| <= factor x ||init||
+    v_early_stop: NonNegativeFloat = 5e-2  # stop a request once its loss is below this
+    target_batch: PositiveInt = 64  # requests optimised together (memory bound only; results are the same)
+
+    @field_validator("kl_prompt")
+    @classmethod
+    def _kl_slot(cls, v: str) -> str:
+        if v.count("{}") != 1:
+            raise ValueError("must contain exactly one '{}' where the subject goes")
+        return v
+
+    @field_validator("context_lengths")
+    @classmethod
+    def _lengths(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if any(length < 2 for length, _ in v):
+            raise ValueError("prefix lengths count the start token and must be at least 2")
+        return v
+
+
+class RomeHparams(TargetHparams, StatsHparams):
+    """ROME and r-ROME (Meng et al. 2022; Gupta et al. 2024): one layer, rank one per request."""
+
+    layer: int | None = Field(None, ge=0)
+    mom2_adjustment: bool = True  # u = C^-1 k*; False: u = k*
+
+
+class MemitHparams(TargetHparams, StatsHparams):
+    """MEMIT (Meng et al. 2023): z at the last edited layer, residuals spread over the layers."""
+
+    layers: list[int] | None = None
+    mom2_update_weight: PositiveFloat = 15_000  # lambda
+    v_steps: PositiveInt = 25
+    clamp_norm_factor: PositiveFloat = 0.75
+    context_lengths: list[tuple[PositiveInt, PositiveInt]] = [(10, 5)]
+    context_starts: list[str] | None = ["The", "Therefore", "Because", "I", "You"]
+    key_average: Literal["uniform", "grouped"] = "grouped"
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("must name at least one layer")
+        if any(x < 0 for x in v):
+            raise ValueError("layers are non-negative indices")
+        if len(set(v)) != len(v):
+            raise ValueError("layers must be distinct")
+        return sorted(v)
+
+
+class FtHparams(HparamsBase):
+    """Fine-tuning one layer's MLP output matrix: FT-L (L-inf bound) or FT-W (weight decay)."""
+
+    layer: int | None = Field(None, ge=0)
+    lr: PositiveFloat = 5e-4
+    steps: PositiveInt = 25
+    norm_constraint: PositiveFloat | None = 5e-5  # L-inf bound on the change; None: unbounded
+    weight_decay: NonNegativeFloat = 0.0  # Adam's L2 term on the whole weight, as the reference code
+    early_stop: NonNegativeFloat = 1e-2  # stop once the mean loss is below this
+    batch_size: PositiveInt = 64  # prompts per optimiser step
+
+
+# --------------------------------------------------------------------------------------------------------
+# presets
+# --------------------------------------------------------------------------------------------------------
+# Per model kind and method: the values of the reference implementations (kmeng01/rome, kmeng01/memit,
+# EasyEdit for Llama) where they differ from the class defaults. Layers are 0-indexed.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "gpt2-xl": {
+        "rome": {"layer": 17, "v_steps": 20, "v_weight_decay": 0.5, "clamp_norm_factor": 4.0},
+        "memit": {"layers": [13, 14, 15, 16, 17], "mom2_update_weight": 20_000, "v_steps": 20,
+                  "clamp_norm_factor": 0.75},
+        "ft-l": {"layer": 17, "norm_constraint": 5e-4},
+        "ft-w": {"layer": 17, "norm_constraint": None, "weight_decay": 5e-4},
+    },
+    "gpt-j-6b": {
+        "rome": {"layer": 5},
+        "memit": {"layers": [3, 4, 5, 6, 7, 8], "mom2_update_weight": 15_000},
+        "ft-l": {"layer": 5, "norm_constraint": 5e-5},
+        "ft-w": {"layer": 21, "norm_constraint": None, "weight_decay": 5e-4},
+    },
+    "gpt-neox-20b": {
+        "memit": {"layers": [6, 7, 8, 9, 10], "mom2_update_weight": 20_000, "v_steps": 20,
+                  "clamp_norm_factor": 0.3, "mom2_n_samples": 50_000},
+    },
+    "llama": {
+        "rome": {"layer": 5, "v_steps": 25, "v_weight_decay": 1e-3},
+        "memit": {"layers": [4, 5, 6, 7, 8], "mom2_update_weight": 15_000, "v_weight_decay": 1e-3,
+                  "clamp_norm_factor": 4.0},
+        "ft-l": {"layer": 5, "norm_constraint": 5e-5},
+        "ft-w": {"layer": 5, "norm_constraint": None, "weight_decay": 5e-4},
+    },
+    # the testbed's small fact models (layers come from the manifest); tuned on testbed:demo
+    "testbed": {
+        "rome": {"context_lengths": [(5, 5), (10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
+                 "v_steps": 25},
+        "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
+                  "mom2_update_weight": 15_000},
+        "ft-l": {"norm_constraint": 5e-3, "lr": 5e-3, "steps": 25},
+        "ft-w": {"norm_constraint": None, "weight_decay": 5e-4, "lr": 5e-3},
+    },
+}
+PRESET_ALIASES = {"r-rome": "rome"}
+
+
+def read_manifest(model: nn.Module) -> dict[str, Any] | None:
+    """The testbed manifest (``editscale_testbed.json``) of the model's directory, if it has one."""
+    d = model_dir(model)
+    if d is None or not (d / MANIFEST_FILE).is_file():
+        return None
+    try:
+        return json.loads((d / MANIFEST_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"testbed manifest {d / MANIFEST_FILE} is not valid JSON: {e}") from None
+
+
+def model_dir(model: nn.Module) -> Path | None:
+    """The local directory the model was loaded from, if any."""
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "")
+    if not name:
+        return None
+    p = Path(str(name)).expanduser()
+    return p if p.is_dir() else None
+
+
+def model_kind(model: nn.Module, manifest: dict[str, Any] | None = None) -> str:
+    """Which preset applies: gpt2-xl, gpt-j-6b, gpt-neox-20b, llama, testbed, or generic."""
+    if manifest is not None:
+        return "testbed"
+    cfg = getattr(model, "config", None)
+    mtype = getattr(cfg, "model_type", None)
+    n_layer = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    width = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    if mtype == "gpt2" and (n_layer, width) == (48, 1600):
+        return "gpt2-xl"
+    if mtype == "gptj" and (n_layer, width) == (28, 4096):
+        return "gpt-j-6b"
+    if mtype == "gpt_neox" and (n_layer, width) == (44, 6144):
+        return "gpt-neox-20b"
+    if mtype in ("llama", "mistral", "qwen2") and n_layer is not None and n_layer >= 16:
+        return "llama"
+    return "generic"
+
+
+def default_layers(method: str, n_layers: int, manifest: dict[str, Any] | None = None) -> list[int]:
+    """Edited layers when none are given: the testbed manifest's, else GPT-J's choice scaled to the depth
+    (ROME at 5/28 of the depth, MEMIT over 3/28 to 8/28)."""
+    memit_like = method.startswith("memit")
+    if manifest is not None:
+        key = "memit_layers" if memit_like else "rome_layer"
+        if key in manifest:
+            value = manifest[key]
+            return sorted(int(x) for x in value) if isinstance(value, list) else [int(value)]
+    if memit_like:
+        first = round(n_layers * 3 / 28)
+        last = max(first, min(n_layers - 1, round(n_layers * 8 / 28)))
+        return list(range(first, last + 1))
+    return [min(n_layers - 1, round(n_layers * 5 / 28))]
+
+
+def resolve_hparams(
+    method: str,
+    cls: type[HparamsBase],
+    model: nn.Module,
+    anatomy: Anatomy,
+    given: HparamsBase | dict[str, Any] | str | Path | None = None,
+) -> HparamsBase:
+    """The method's hyperparameters for this model: class defaults < model preset < ``given``.
+
+    ``given`` is an Hparams object (used as is, except for unset layers), a mapping of overrides, or a YAML
+    file of overrides. Unset layers are filled in (``default_layers``) and all layers are checked against the
+    model's depth.
+    """
+    manifest = read_manifest(model)
+    if isinstance(given, HparamsBase):
+        if not isinstance(given, cls):
+            raise ConfigError(f"method {method!r} takes {cls.__name__}, got {type(given).__name__}")
+        hp = given
+    else:
+        overrides = read_hparams_file(given) if isinstance(given, (str, Path)) else dict(given or {})
+        named = overrides.pop("method", None)
+        if named is not None and named != method:
+            raise ConfigError(f"the hyperparameters are for method {named!r}, not {method!r}")
+        preset = PRESETS.get(model_kind(model, manifest), {}).get(PRESET_ALIASES.get(method, method), {})
+        hp = cls.validated({**preset, **overrides})
+    n_layers = anatomy.n_layers(model)
+    if "layers" in type(hp).model_fields:
+        if hp.layers is None:
+            hp = hp.updated(layers=default_layers(method, n_layers, manifest))
+        bad = [x for x in hp.layers if x >= n_layers]
+        field = "layers"
+    else:
+        if hp.layer is None:
+            hp = hp.updated(layer=default_layers(method, n_layers, manifest)[-1])
+        bad = [hp.layer] if hp.layer >= n_layers else []
+        field = "layer"
+    if bad:
+        raise ConfigError(f"{cls.__name__}: field '{field}': layer {bad[0]} does not exist; the model has "
+                          f"layers 0-{n_layers - 1}")
+    return hp
