@@ -8,6 +8,7 @@ import typer
 
 from editscale.cli import app
 from editscale.cli.common import print_json, print_scores
+from editscale.cli.edit import CorpusOpt, HparamsOpt, SeedOpt, SetOpt, StatsDirOpt
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="testbed:tiny, testbed:demo, a local model "
                                                                "directory, or a Hugging Face hub name.")]
@@ -25,14 +26,41 @@ def eval_command(
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda:0.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Leave out malformed records instead of stopping.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    method: Annotated[str | None, typer.Option(help="Also edit: each record (or batch) with this method "
+                                                     "(rome, r-rome, memit, ft-l, ft-w) on the unedited "
+                                                     "model, scored, then reverted.")] = None,
+    batch: Annotated[int, typer.Option(help="With --method: records per edit (MEMIT: one batched edit).",
+                                       min=1)] = 1,
+    hparams: HparamsOpt = None,
+    set_: SetOpt = None,
+    corpus: CorpusOpt = None,
+    stats_dir: StatsDirOpt = None,
+    seed: SeedOpt = 0,
 ) -> None:
-    """Efficacy, paraphrase and neighborhood scores of MODEL on the records in DATA (no editing)."""
+    """Efficacy, paraphrase and neighborhood scores of MODEL on the records in DATA.
+
+    Without --method, of the unedited model. With --method, the papers' single-edit protocol: each record
+    (or each batch of --batch records) is edited into the unedited model, scored and reverted; the pre- and
+    post-edit scores are printed.
+    """
     from editscale.data import load_cases
     from editscale.eval.counterfact import evaluate_cases
     from editscale.model.loading import load_model
 
     cases = load_cases(data, limit=limit, skip_invalid=skip_invalid)
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
+    if method is not None:
+        from editscale.api import evaluate_edits
+        from editscale.cli.edit import make_editor
+
+        editor = make_editor(lm, tok, method, hparams, set_, corpus, stats_dir, seed)
+        result = evaluate_edits(editor, cases, batch=batch, batch_size=batch_size)
+        if json_out:
+            print_json({k: result[k] for k in ("method", "n", "pre", "post")})
+        else:
+            print_scores(f"{model} on {data}: {method}, {batch} record(s) per edit, each from the unedited model",
+                         {"unedited": result["pre"], method: result["post"]})
+        return
     summary = evaluate_cases(lm, tok, cases, batch_size=batch_size).summary()
     if json_out:
         print_json(summary)

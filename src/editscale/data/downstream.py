@@ -147,6 +147,8 @@ RTE_DEMOS: tuple[Example, ...] = (
              "hypothesis": "Obesity is medically treated."}, 0),
 )
 
+DEMOS: dict[str, tuple[Example, ...]] = {"sst2": SST2_DEMOS, "mrpc": MRPC_DEMOS, "cola": COLA_DEMOS, "rte": RTE_DEMOS}
+
 
 # ---------------------------------------------------------------------------------------------------------
 # GLUE dev sets
@@ -177,8 +179,8 @@ class _GlueTask:
 _BINARY = {"0": 0, "1": 1}
 
 
-def _hf(fields: dict[str, str], labels: dict[str, int] = _BINARY, marker: str = "label") -> _Layout:
-    required = frozenset([*fields.values(), "label", marker])
+def _hf(fields: dict[str, str], labels: dict[str, int] = _BINARY, extra: tuple[str, ...] = ()) -> _Layout:
+    required = frozenset([*fields.values(), "label", *extra])
     return _Layout("Hugging Face export", required, fields, "label", labels, quoted=True)
 
 
@@ -187,7 +189,7 @@ _GLUE: dict[str, _GlueTask] = {
     for t in (
         _GlueTask("sst2", ("SST-2", "sst2"), SST2_FORMAT, SST2_DEMOS, (
             _Layout("GLUE TSV", frozenset({"sentence", "label"}), {"sentence": "sentence"}, "label", _BINARY),
-            _hf({"sentence": "sentence"}, marker="idx"),  # GLUE's header is sentence, label: idx tells them apart
+            _hf({"sentence": "sentence"}, extra=("idx",)),  # GLUE's header is sentence, label: idx tells apart
         )),
         _GlueTask("mrpc", ("MRPC", "mrpc"), MRPC_FORMAT, MRPC_DEMOS, (
             _Layout("GLUE TSV", frozenset({"Quality", "#1 String", "#2 String"}),
@@ -278,7 +280,7 @@ def _to_example(row: dict, layout: _Layout, where: str) -> Example:
 def _load_hub(spec: _GlueTask) -> list[Example]:
     from editscale.model.loading import hub_reachable
 
-    how = (f"point --data-dir (data_dir=) at a folder with {spec.folders[0]}/dev.tsv in the GLUE TSV layout "
+    how = (f"pass a data directory (--data-dir DIR) holding {spec.folders[0]}/dev.tsv, in the GLUE TSV layout "
            "or a Hugging Face export")
     try:
         import datasets
@@ -317,10 +319,14 @@ def load_glue(name: str, data_dir: str | Path | None = None) -> list[Example]:
     return examples
 
 
-def balanced_subset(examples: Sequence[Example], n: int, seed: int, n_labels: int = 2) -> tuple[Example, ...]:
-    """A seeded sample of ``n`` examples, ``n / n_labels`` of each label, in a seeded order."""
+def _check_subset_size(n: int, n_labels: int = 2) -> None:
     if n <= 0 or n % n_labels:
         raise ConfigError(f"subset size {n} must be a positive multiple of {n_labels} (balanced classes)")
+
+
+def balanced_subset(examples: Sequence[Example], n: int, seed: int, n_labels: int = 2) -> tuple[Example, ...]:
+    """A seeded sample of ``n`` examples, ``n / n_labels`` of each label, in a seeded order."""
+    _check_subset_size(n, n_labels)
     per = n // n_labels
     pools = [[ex for ex in examples if ex.label == label] for label in range(n_labels)]
     smallest = min(range(n_labels), key=lambda label: len(pools[label]))
@@ -336,6 +342,8 @@ def balanced_subset(examples: Sequence[Example], n: int, seed: int, n_labels: in
 def glue_task(name: str, data_dir: str | Path | None = None, n: int | None = 200, seed: int = 0) -> FewShotTask:
     """A GLUE task with the paper's prompt and demonstrations on a balanced seeded subset (``n=None``: all)."""
     spec = _glue_spec(name)
+    if n is not None:
+        _check_subset_size(n)
     examples = load_glue(name, data_dir)
     try:
         chosen = tuple(examples) if n is None else balanced_subset(examples, n, seed)

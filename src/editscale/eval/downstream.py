@@ -4,11 +4,12 @@ An example's prediction is the label whose word (" positive" / " negative", " Ye
 " False") is most probable right after its few-shot prompt; F1 of the positive class (label 1), accuracy and
 Matthews correlation come from scikit-learn.
 
-``DownstreamSuite`` tokenizes the prompts once and is then evaluated as often as needed (the sequential
-editing runner evaluates the same suite every few edits). When every label word is one token after every
-prompt, an example costs one forward pass, and the demonstrations all prompts start with are run once per
-task and reused through the key/value cache; otherwise label words are scored as multi-token continuations
-(``score_continuations``: the summed log-probability, i.e. the word's probability).
+``DownstreamSuite`` (``prepare_suite``) tokenizes the prompts once and is then evaluated as often as needed
+(the sequential editing runner evaluates the same suite every few edits). When every label word is one token
+after every prompt, an example costs one forward pass over its own tokens: the demonstrations that all
+prompts start with run once per task and are reused through the key/value cache. Otherwise the label words
+are scored as multi-token continuations (``score_continuations``: the summed log-probability, i.e. the
+word's probability).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def _prepare(task: FewShotTask, tokenizer) -> _Prepared:
 
 
 class DownstreamSuite:
-    """Few-shot tasks prepared once for one tokenizer, evaluated on any model that uses it.
+    """Few-shot tasks tokenized once for one tokenizer, then evaluated on any model that uses it, as often as
+    needed (``prepare_suite`` builds one from task names).
 
     ``evaluate(model)`` returns ``{task name: {"f1", "accuracy", "mcc", "n"}}``.
     """
@@ -118,7 +120,8 @@ class DownstreamSuite:
         return {prep.task.name: self._logprobs(model, prep, progress) for prep in self._prepared}
 
     def evaluate(self, model: nn.Module, *, progress: bool | None = False) -> dict[str, dict[str, float]]:
-        """F1 (positive class), accuracy, MCC and n of every task."""
+        """F1 (positive class), accuracy, MCC and n of every task (``progress=None``: bars unless
+        EDITSCALE_PROGRESS=0)."""
         logprobs = self.label_logprobs(model, progress=progress)
         return {prep.task.name: classification_metrics(prep.labels, logprobs[prep.task.name].argmax(-1).tolist())
                 for prep in self._prepared}
@@ -180,8 +183,8 @@ def parse_task_names(spec: str | Sequence[str]) -> list[str]:
 
 def resolve_tasks(names_or_tasks: str | Sequence[str | FewShotTask], *, data_dir: str | Path | None = None,
                   n: int | None = 200, seed: int = 0, model_dir: str | Path | None = None) -> list[FewShotTask]:
-    """GLUE task names (loaded from ``data_dir`` or the hub), ``"skills"`` (the testbed model in ``model_dir``'s
-    four synthetic skills) and ready ``FewShotTask`` objects, as one list of tasks."""
+    """Tasks from GLUE names (loaded from ``data_dir``, else the hub; balanced subsets of ``n``, ``None``: all),
+    ``"skills"`` (the four synthetic skills of the testbed model in ``model_dir``) and ready ``FewShotTask``s."""
     items = [names_or_tasks] if isinstance(names_or_tasks, str) else list(names_or_tasks)
     tasks: list[FewShotTask] = []
     for item in items:
@@ -200,6 +203,21 @@ def resolve_tasks(names_or_tasks: str | Sequence[str | FewShotTask], *, data_dir
     return tasks
 
 
+def prepare_suite(names_or_tasks: str | Sequence[str | FewShotTask], *, tokenizer,
+                  data_dir: str | Path | None = None, n: int | None = 200, seed: int = 0,
+                  model_dir: str | Path | None = None, batch_size: int = 16) -> DownstreamSuite:
+    """A ``DownstreamSuite`` of the named tasks (see ``resolve_tasks``), to evaluate every few edits.
+
+    For ``"skills"`` the model directory defaults to the tokenizer's (``tokenizer.name_or_path``), which is
+    the testbed model's directory when both were loaded with ``load_model``.
+    """
+    own_dir = getattr(tokenizer, "name_or_path", "")
+    if model_dir is None and own_dir and Path(own_dir).is_dir():
+        model_dir = own_dir
+    tasks = resolve_tasks(names_or_tasks, data_dir=data_dir, n=n, seed=seed, model_dir=model_dir)
+    return DownstreamSuite(tasks, tokenizer, batch_size=batch_size)
+
+
 def evaluate_task(model: nn.Module, tokenizer, task: FewShotTask, batch_size: int = 16) -> dict[str, float]:
     """F1 (positive class), accuracy, MCC and n of one task."""
     return DownstreamSuite([task], tokenizer, batch_size=batch_size).evaluate(model)[task.name]
@@ -208,7 +226,8 @@ def evaluate_task(model: nn.Module, tokenizer, task: FewShotTask, batch_size: in
 def evaluate_tasks(model: nn.Module, tokenizer, names_or_tasks: str | Sequence[str | FewShotTask], *,
                    data_dir: str | Path | None = None, n: int | None = 200, seed: int = 0, batch_size: int = 16,
                    model_dir: str | Path | None = None) -> dict[str, dict[str, float]]:
-    """Evaluate tasks given by name (see ``resolve_tasks``) or as objects. To evaluate the same tasks many
-    times, build a ``DownstreamSuite`` once instead."""
-    tasks = resolve_tasks(names_or_tasks, data_dir=data_dir, n=n, seed=seed, model_dir=model_dir)
-    return DownstreamSuite(tasks, tokenizer, batch_size=batch_size).evaluate(model)
+    """Evaluate tasks given by name or as objects, once. To evaluate the same tasks many times, prepare a
+    suite once (``prepare_suite``) and call its ``evaluate``."""
+    suite = prepare_suite(names_or_tasks, tokenizer=tokenizer, data_dir=data_dir, n=n, seed=seed,
+                          model_dir=model_dir, batch_size=batch_size)
+    return suite.evaluate(model)

@@ -40,29 +40,30 @@ class MethodSpec(_Strict):
 
 
 class GuardConfig(_Strict):
-    """Disabling-edit detection. An update is flagged when, compared with the updates before it:
+    """Disabling-edit detection. An update is flagged when:
 
     - its update norm exceeds ``norm_factor`` x the running median of earlier update norms, or
     - the jump it causes in an edited matrix's distance from the original exceeds ``distance_factor`` x the
-      running median of earlier jumps, or
-    - generation entropy (ROME's n-gram entropy on ``entropy_prompts`` fixed prompts) falls below
-      ``entropy_ratio`` x its value on the unedited model, or
-    - the neighborhood score of the edit falls below ``neighborhood_ratio`` x the running median of earlier
-      edits' neighborhood scores.
+      running median of earlier jumps (both median rules start after ``min_history`` updates), or
+    - generation entropy (ROME's n-gram entropy of ``entropy_tokens`` sampled tokens after
+      ``entropy_prompts`` fixed prompts) falls below ``entropy_ratio`` x its value on the unedited model, or
+    - the neighborhood score of a fixed probe (the neighborhood prompts of the last ``probe_cases`` cases of
+      the plan) falls by more than ``neighborhood_drop`` in this one update.
 
-    The median rules start after ``min_history`` updates. With ``revert: true`` a flagged update is undone
-    (exactly, by its Delta), recorded as refused, and the run goes on.
+    With ``revert: true`` a flagged update is undone (exactly, by its Delta), recorded as refused, and the
+    run goes on.
     """
 
     enabled: bool = True
     revert: bool = False
     norm_factor: float = Field(10.0, gt=1.0)
     distance_factor: float = Field(10.0, gt=1.0)
-    entropy_ratio: float = Field(0.6, ge=0.0, le=1.0)
-    neighborhood_ratio: float = Field(0.25, ge=0.0, le=1.0)
     min_history: int = Field(5, ge=1)
+    entropy_ratio: float = Field(0.6, ge=0.0, le=1.0)
     entropy_prompts: int = Field(4, ge=0)
     entropy_tokens: int = Field(30, ge=5)
+    neighborhood_drop: float = Field(0.3, gt=0.0, le=1.0)
+    probe_cases: int = Field(8, ge=0)
 
 
 class RunConfig(_Strict):
@@ -140,7 +141,10 @@ def parse_config(data: Any, source: str = "run config") -> RunConfig:
         raise ConfigError(_one_line(e, source)) from None
     from editscale.methods.base import get_method_class
 
-    get_method_class(cfg.method.name)  # unknown names fail here, listing the available ones
+    try:
+        get_method_class(cfg.method.name)
+    except ConfigError as e:
+        raise ConfigError(f"{source} field 'method.name': {e}") from None
     return cfg
 
 

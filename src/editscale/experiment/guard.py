@@ -7,8 +7,8 @@ After every update the runner hands the guard what it measured; the guard flags 
   ``distance_factor`` x the running median of earlier updates' jumps;
 - ``entropy``: generation entropy (ROME's n-gram entropy of sampled continuations of a few fixed prompts)
   fell below ``entropy_ratio`` x the unedited model's;
-- ``neighborhood``: the neighborhood score of its edits fell below ``neighborhood_ratio`` x the running
-  median of earlier updates'.
+- ``neighborhood``: the neighborhood score of a fixed probe set fell by more than ``neighborhood_drop`` in
+  this one update (a fixed probe, since one edit's own few neighbourhood prompts are too noisy to judge by).
 
 The median rules wait for ``min_history`` earlier applied updates. Refused (reverted) updates do not enter
 the history, since the model never kept them.
@@ -17,10 +17,14 @@ the history, since the model never kept them.
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
 from editscale.eval.scoring import generate, mean_ngram_entropy
@@ -42,23 +46,28 @@ class Flag:
 
 @dataclass(frozen=True)
 class UpdateSignals:
-    """What the runner measured for one update."""
+    """What the runner measured for one update (None: not measured)."""
 
     update_norm: float
     distance_jump: float
-    neighborhood: float  # NaN where the update's cases have no neighbourhood prompts
-    entropy: float | None  # None where not measured
+    entropy: float | None = None
+    neighborhood: float | None = None  # of the fixed probe set
 
 
 class Guard:
-    """Running-median detector of disabling updates; its history is part of a run's checkpoint."""
+    """Detector of disabling updates; its history is part of a run's checkpoint.
 
-    def __init__(self, cfg: GuardConfig, baseline_entropy: float | None = None) -> None:
+    ``baseline_entropy`` and ``neighborhood`` start as the unedited model's values; ``neighborhood`` then
+    follows the probe score after every kept update.
+    """
+
+    def __init__(self, cfg: GuardConfig, baseline_entropy: float | None = None,
+                 neighborhood: float | None = None) -> None:
         self.cfg = cfg
         self.baseline_entropy = baseline_entropy
+        self.neighborhood = neighborhood
         self.norms: list[float] = []
         self.jumps: list[float] = []
-        self.neighborhoods: list[float] = []
 
     def _median_rule(self, rule: str, value: float, history: list[float], factor: float) -> Flag | None:
         if len(history) < self.cfg.min_history or math.isnan(value):
@@ -78,32 +87,107 @@ class Guard:
             threshold = self.cfg.entropy_ratio * self.baseline_entropy
             if s.entropy < threshold:
                 flags.append(Flag("entropy", s.entropy, threshold))
-        clean = [v for v in self.neighborhoods if not math.isnan(v)]
-        if not math.isnan(s.neighborhood) and len(clean) >= self.cfg.min_history:
-            threshold = self.cfg.neighborhood_ratio * statistics.median(clean)
+        if s.neighborhood is not None and self.neighborhood is not None:
+            threshold = self.neighborhood - self.cfg.neighborhood_drop
             if s.neighborhood < threshold:
                 flags.append(Flag("neighborhood", s.neighborhood, threshold))
         return [f for f in flags if f is not None]
 
     def accept(self, s: UpdateSignals) -> None:
-        """Add an applied (kept) update to the history."""
+        """Add a kept update to the history."""
         self.norms.append(s.update_norm)
         self.jumps.append(s.distance_jump)
-        self.neighborhoods.append(s.neighborhood)
+        if s.neighborhood is not None:
+            self.neighborhood = s.neighborhood
 
-    def state_dict(self) -> dict[str, list[float] | float | None]:
-        return {"baseline_entropy": self.baseline_entropy, "norms": list(self.norms),
-                "jumps": list(self.jumps), "neighborhoods": list(self.neighborhoods)}
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline_entropy": self.baseline_entropy, "neighborhood": self.neighborhood,
+                "norms": list(self.norms), "jumps": list(self.jumps)}
 
-    def load_state_dict(self, d: dict) -> None:
+    def load_state_dict(self, d: dict[str, Any]) -> None:
         self.baseline_entropy = d["baseline_entropy"]
+        self.neighborhood = d["neighborhood"]
         self.norms = list(d["norms"])
         self.jumps = list(d["jumps"])
-        self.neighborhoods = list(d["neighborhoods"])
 
 
 def generation_entropy(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
                        seed: int = 0) -> float:
     """Mean n-gram entropy of seeded top-k samples of ``prompts`` (the same draws every time for a seed)."""
     texts = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
-    return mean_ngram_entropy([t[len(p):] if t.startswith(p) else t for t, p in zip(texts, prompts)])
+    return mean_ngram_entropy([t.removeprefix(p) for t, p in zip(texts, prompts)])
+
+
+def weight_distance(current: torch.Tensor, original: torch.Tensor) -> tuple[float, float, int]:
+    """(Frobenius norm of current - original, that norm over the layer's neurons, the neuron count).
+
+    The paper normalizes the L2 distance "by the number of neurons in the layer"; for an MLP matrix that is
+    the MLP width, the larger of its two sides. (The follow-up repositories divide by the number of
+    elements instead: multiply by n_neurons / numel to get theirs.)
+    """
+    with torch.no_grad():
+        frob = float((current.detach().float() - original.detach().float()).norm())
+    n_neurons = max(current.shape)
+    return frob, frob / n_neurons, n_neurons
+
+
+def single_edit_test(run_dir: str | Path, n_normal: int = 10) -> dict[str, Any]:
+    """Re-apply each flagged update of a run, alone, to the unedited model, and a seeded sample of normal
+    (unflagged) updates likewise; report each one's distance from the original weights (the paper's Table 2),
+    efficacy, neighborhood and generation entropy, and the means of both groups.
+
+    The distance of an update is that of its most-moved matrix. Every edit starts from a fresh method state
+    and is reverted exactly before the next.
+    """
+    from editscale.api import Editor
+    from editscale.data.records import EditCase
+    from editscale.eval.counterfact import evaluate_cases
+    from editscale.experiment.config import parse_config
+    from editscale.experiment.store import RunStore
+    from editscale.methods.base import EditState
+    from editscale.model.loading import load_model
+
+    with RunStore.in_dir(run_dir) as store:
+        meta = store.meta()
+        cases = [EditCase.from_dict(d) for d in store.plan()]
+        by_update: dict[int, list[int]] = {}
+        for edit_idx, update_idx in store.rows("SELECT edit_idx, update_idx FROM plan ORDER BY edit_idx"):
+            by_update.setdefault(update_idx, []).append(edit_idx)
+        flagged = sorted({u for (u,) in store.rows("SELECT DISTINCT update_idx FROM events WHERE kind = 'flagged'")})
+        done = {u for (u,) in store.rows("SELECT update_idx FROM updates")}
+    cfg = parse_config(meta["config"], source=f"stored config of {run_dir}")
+    normal_pool = sorted(done - set(flagged))
+    normal = sorted(random.Random(cfg.seed).sample(normal_pool, min(n_normal, len(normal_pool))))
+    model, tok, _ = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    editor = Editor(model, tok, cfg.method.name, cfg.method.hparams or None, seed=cfg.seed).prepare()
+    n_prompts = cfg.guard.entropy_prompts
+    prompts = list(dict.fromkeys([p for c in cases for p in c.generation_prompts]
+                                 or [c.request.text for c in cases]))[:n_prompts]
+    params = dict(model.named_parameters())
+    rows = []
+    for kind, updates in (("flagged", flagged), ("normal", normal)):
+        for u in updates:
+            batch = [cases[i - 1] for i in by_update[u]]
+            editor.state = EditState()
+            delta = editor.compute(batch)
+            originals = {n: params[n].detach().clone() for n in delta.updates}
+            delta.apply(model)
+            dist = [weight_distance(params[n], originals[n]) for n in delta.updates]
+            frob, normalized, _ = max(dist, key=lambda d: d[1])
+            scores = evaluate_cases(model, tok, batch, batch_size=cfg.eval_batch_size).summary()
+            entropy = (generation_entropy(model, tok, prompts, cfg.guard.entropy_tokens, seed=cfg.seed)
+                       if prompts else None)
+            delta.revert(model)
+            rows.append({"edit_idx": by_update[u][-1], "update_idx": u, "kind": kind, "frobenius": frob,
+                         "normalized": normalized, "efficacy": scores["efficacy"],
+                         "neighborhood": scores["neighborhood"], "entropy": entropy})
+
+    def group(kind: str) -> dict[str, Any]:
+        sel = [r for r in rows if r["kind"] == kind]
+        mean = (lambda k: sum(r[k] for r in sel) / len(sel)) if sel else (lambda k: None)
+        return {"n": len(sel), "normalized": mean("normalized"), "frobenius": mean("frobenius")}
+
+    out = {"flagged": group("flagged"), "normal": group("normal"), "edits": rows}
+    f, n = out["flagged"]["normalized"], out["normal"]["normalized"]
+    out["ratio"] = f / n if f is not None and n else None
+    return out

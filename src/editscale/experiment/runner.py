@@ -40,10 +40,17 @@ from torch import nn
 from editscale.data.records import EditCase
 from editscale.errors import RunStateError
 from editscale.eval.counterfact import evaluate_cases
-from editscale.experiment.checkpoint import (Checkpoint, checkpoint_dir, load_checkpoint, prune_checkpoints,
-                                             restore_weights, save_checkpoint, set_rng_states)
+from editscale.experiment.checkpoint import (
+    Checkpoint,
+    checkpoint_dir,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_weights,
+    save_checkpoint,
+    set_rng_states,
+)
 from editscale.experiment.config import RunConfig, load_config, parse_config, sample_cases
-from editscale.experiment.guard import Guard, UpdateSignals, generation_entropy
+from editscale.experiment.guard import Guard, UpdateSignals, generation_entropy, weight_distance
 from editscale.experiment.store import DB_NAME, EDIT_METRICS, RunStore
 from editscale.methods.base import Delta, EditState
 from editscale.progress import progress_bar
@@ -117,6 +124,12 @@ def _recheck_case(case: EditCase) -> EditCase:
                                generation_prompts=(), other_fact_prompts=())
 
 
+def _probe_case(case: EditCase) -> EditCase:
+    """The case reduced to its neighbourhood prompts: the guard's fixed probe of unrelated facts."""
+    return dataclasses.replace(case, paraphrase_prompts=(), attribute_prompts=(), generation_prompts=(),
+                               other_fact_prompts=())
+
+
 def _entropy_prompts(cases: Sequence[EditCase], n: int) -> list[str]:
     """Fixed prompts for the guard's generation entropy: the cases' generation prompts, else edit prompts."""
     prompts = [p for c in cases for p in c.generation_prompts] or [c.request.text for c in cases]
@@ -145,11 +158,15 @@ class _Run:
         self.schedule = Schedule.of(cfg)
         self.model, self.tok, self.anatomy = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         self.fingerprint = fingerprint(self.model)
-        self.editor = Editor(self.model, self.tok, cfg.method.name, cfg.method.hparams or None)
+        # statistics and context prefixes come from the unedited model, also when a resume starts
+        self.editor = Editor(self.model, self.tok, cfg.method.name, cfg.method.hparams or None, seed=cfg.seed,
+                             progress=progress).prepare()
         self.downstream = (_downstream_evaluator(cfg, self.model, self.tok) if cfg.downstream_every else None)
         self.guard = Guard(cfg.guard)
-        self.entropy_prompts = (_entropy_prompts(cases, cfg.guard.entropy_prompts)
-                                if cfg.guard.enabled else [])
+        on = cfg.guard.enabled
+        self.entropy_prompts = _entropy_prompts(cases, cfg.guard.entropy_prompts) if on else []
+        n_probe = cfg.guard.probe_cases if on else 0
+        self.probe = [_probe_case(c) for c in cases[len(cases) - n_probe:] if c.neighborhood_prompts] if n_probe else []
         # carried between updates (and in checkpoints)
         self.originals: dict[str, torch.Tensor] = {}  # one copy of each edited matrix, stored layout
         self.transposed: dict[str, bool] = {}
@@ -160,7 +177,8 @@ class _Run:
     # --- start and resume -------------------------------------------------------------------------------
     def create_store(self) -> RunStore:
         store = RunStore.in_dir(self.run_dir, create=True)
-        store.set_meta(config=self.cfg.to_dict(), versions=package_versions(), fingerprint=self.fingerprint,
+        store.set_meta(config=self.cfg.to_dict(), hparams=self.editor.hparams.to_dict(),
+                       versions=package_versions(), fingerprint=self.fingerprint,
                        created=datetime.now(UTC).isoformat(timespec="seconds"), status="running")
         store.write_plan((i + 1, (i // self.cfg.batch) + 1, c.case_id, c.request.subject, c.to_dict())
                          for i, c in enumerate(self.cases))
@@ -168,14 +186,18 @@ class _Run:
         return store
 
     def baseline(self) -> None:
-        """Measurements of the unedited model (update 0): downstream and the guard's entropy baseline."""
+        """Measurements of the unedited model (update 0): downstream, and the guard's baselines."""
         assert self.store is not None
         self.store.truncate_after(-1)
         if self.schedule.downstream(0) and self.downstream is not None:
             self.store.record_downstream(0, 0, self.downstream())
-        entropy = self._entropy()
-        self.guard.baseline_entropy = entropy
-        self.store.set_meta(baseline={"entropy": entropy})
+        baseline = {"entropy": self._entropy(), "neighborhood": self._probe_neighborhood()}
+        self.set_baseline(baseline)
+        self.store.set_meta(baseline=baseline)
+
+    def set_baseline(self, baseline: dict[str, float | None]) -> None:
+        self.guard.baseline_entropy = baseline["entropy"]
+        self.guard.neighborhood = baseline["neighborhood"]
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Bring model, method state, RNGs and loop state to where the checkpoint was taken."""
@@ -206,15 +228,14 @@ class _Run:
         idx = self.schedule.edits_in(u)
         batch = [self.cases[i - 1] for i in idx]
         state_before = self._snapshot_state() if self.cfg.guard.revert else None
-        delta = self.editor.compute([c.request for c in batch])
+        delta = self.editor.compute(batch)
         self._keep_originals(delta)
         delta.apply(self.model)
         norms = delta.norms()
         distances, jump = self._distances(norms)
         scores = evaluate_cases(self.model, self.tok, batch, batch_size=self.cfg.eval_batch_size).cases
         signals = UpdateSignals(update_norm=math.sqrt(sum(n * n for n in norms.values())), distance_jump=jump,
-                                neighborhood=_nanmean([s.neighborhood for s in scores]),
-                                entropy=self._entropy())
+                                entropy=self._entropy(), neighborhood=self._probe_neighborhood())
         flags = self.guard.check(signals)
         refused = bool(flags) and self.cfg.guard.revert
         if refused:
@@ -233,7 +254,7 @@ class _Run:
             events.append({"edit_idx": last_edit, "kind": "refused", "rule": ",".join(f.rule for f in flags),
                            "detail": "update reverted by the guard"})
         self.store.record_update(
-            u, last_edit, time.perf_counter() - t0, signals.entropy, refused,
+            u, last_edit, time.perf_counter() - t0, signals.entropy, signals.neighborhood, refused,
             edits=[{"edit_idx": i, "case_id": c.case_id, **{m: getattr(s, m) for m in EDIT_METRICS}}
                    for i, c, s in zip(idx, batch, scores)],
             distances=distances, events=events)
@@ -262,15 +283,11 @@ class _Run:
         """Per edited matrix: distance from its original and this update's norm; and the largest jump."""
         params = dict(self.model.named_parameters())
         rows, jump = [], 0.0
-        with torch.no_grad():
-            for name, orig in self.originals.items():
-                w = params[name]
-                frob = float((w.detach().float() - orig.float()).norm())
-                n_neurons = max(w.shape)  # the MLP width: the larger side of an MLP matrix
-                rows.append({"param": name, "layer": _layer_of(name, self.anatomy.layers), "n_neurons": n_neurons,
-                             "frobenius": frob, "normalized": frob / n_neurons,
-                             "update_norm": norms.get(name, 0.0)})
-                jump = max(jump, frob - self.last_frobenius.get(name, 0.0))
+        for name, orig in self.originals.items():
+            frob, normalized, n_neurons = weight_distance(params[name], orig)
+            rows.append({"param": name, "layer": _layer_of(name, self.anatomy.layers), "n_neurons": n_neurons,
+                         "frobenius": frob, "normalized": normalized, "update_norm": norms.get(name, 0.0)})
+            jump = max(jump, frob - self.last_frobenius.get(name, 0.0))
         return rows, jump
 
     def _entropy(self) -> float | None:
@@ -279,16 +296,23 @@ class _Run:
         return generation_entropy(self.model, self.tok, self.entropy_prompts, self.cfg.guard.entropy_tokens,
                                   seed=self.cfg.seed)
 
+    def _probe_neighborhood(self) -> float | None:
+        if not self.probe:
+            return None
+        res = evaluate_cases(self.model, self.tok, self.probe, batch_size=self.cfg.eval_batch_size)
+        return res.summary()["neighborhood"]
+
     def _recheck(self, u: int, first_new: int) -> float:
         """Re-test every earlier successful edit; returns the percentage forgotten."""
         assert self.store is not None
+        t0 = time.perf_counter()
         earlier = [e for e in self.successful if e < first_new]
         holds: dict[int, bool] = {}
         if earlier:
             cases = [_recheck_case(self.cases[e - 1]) for e in earlier]
             res = evaluate_cases(self.model, self.tok, cases, batch_size=self.cfg.eval_batch_size)
             holds = {e: s.efficacy == 1.0 for e, s in zip(earlier, res.cases)}
-        self.store.record_recheck(u, self.schedule.n_edits_after(u), holds)
+        self.store.record_recheck(u, self.schedule.n_edits_after(u), holds, time.perf_counter() - t0)
         return 100.0 * sum(not h for h in holds.values()) / len(holds) if holds else 0.0
 
     def _checkpoint(self, u: int) -> None:
@@ -343,7 +367,7 @@ def resume(out_dir: str | Path, *, progress: bool | None = None) -> dict[str, An
         first = 1
     elif not ckpts:
         run.store.truncate_after(0)
-        run.guard.baseline_entropy = meta["baseline"]["entropy"]
+        run.set_baseline(meta["baseline"])
         first = 1
     else:
         update_idx = ckpts[-1][0]
@@ -371,3 +395,37 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     forgotten = (last[0][1] / last[0][0]) if last and last[0][0] else (0.0 if last else None)
     return {"edits": n, "efficacy": means[0], "paraphrase": means[1], "neighborhood": means[2],
             "forgotten": forgotten, "flagged": flagged, "refused": refused}
+
+
+DEMO_METHODS = ("rome", "r-rome", "memit", "ft-l")
+
+
+def demo_config(method: str, edits: int) -> RunConfig:
+    """The demo's run: sequential edits of testbed:demo with its own facts, the issue's smallest config."""
+    return parse_config({"model": "testbed:demo", "method": method, "data": "testbed:demo", "edits": edits,
+                         "batch": 1, "forget_every": 10, "downstream_every": 50, "seed": 0})
+
+
+def run_demo(out_dir: str | Path, edits: int = 250, methods: Sequence[str] = DEMO_METHODS, *,
+             progress: bool | None = None) -> Path:
+    """Build testbed:demo if needed, run each method on the same seeded sample into ``out_dir/METHOD``
+    (continuing runs a killed demo left), and write the report into ``out_dir/report``; returns report.html."""
+    from editscale.model.loading import resolve_model_path
+    from editscale.report.html import write_report
+
+    resolve_model_path("testbed:demo")
+    out = Path(out_dir)
+    dirs = []
+    for method in methods:
+        cfg, run_dir = demo_config(method, edits), out / method
+        if (run_dir / DB_NAME).exists():
+            with RunStore.in_dir(run_dir) as store:
+                stored = store.meta().get("config")
+            if stored != cfg.to_dict():
+                raise RunStateError(f"{run_dir} holds a run with another config (e.g. another number of edits); "
+                                    "choose another --out")
+            resume(run_dir, progress=progress)
+        else:
+            run_experiment(cfg, run_dir, progress=progress)
+        dirs.append(run_dir)
+    return write_report(dirs, out / "report")

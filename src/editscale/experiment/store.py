@@ -6,11 +6,13 @@ Tables (``pd.read_sql("SELECT * FROM edits", store.connection)`` or ``store.fram
 - ``plan``: the sampled edits in order: ``edit_idx``, ``update_idx``, ``case_id``, ``subject``, ``case_json``.
 - ``edits``: per edit, scored right after its update: efficacy / paraphrase / neighborhood, their magnitudes
   and top-1 accuracies, and ``refused`` (1 where the guard reverted the update).
-- ``updates``: per update: edits so far, seconds, generation entropy (where measured), refused.
+- ``updates``: per update: edits so far, seconds, refused, and the guard's measurements (where taken):
+  generation ``entropy`` and ``probe_neighborhood``, the neighborhood score of a fixed probe set.
 - ``distances``: per update and edited matrix: ``frobenius`` = ||W - W_orig||_F, ``normalized`` =
   frobenius / ``n_neurons`` (the paper's distance), ``update_norm`` = ||this update||_F (0 where the matrix
   was not touched by this update), ``layer``.
-- ``rechecks``: per re-check: how many earlier successful edits were checked and how many are forgotten.
+- ``rechecks``: per re-check: how many earlier successful edits were checked, how many are forgotten, and
+  the seconds it took.
 - ``recheck_items``: per re-check and checked edit: ``holds`` (1/0).
 - ``downstream``: long format ``update_idx, n_edits, task, metric, value`` (f1, accuracy, mcc, n, ...).
 - ``events``: flagged / refused updates with the rule that fired, its value and threshold.
@@ -20,11 +22,12 @@ Tables (``pd.read_sql("SELECT * FROM edits", store.connection)`` or ``store.fram
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from editscale.errors import RunStateError
 
@@ -46,14 +49,14 @@ CREATE TABLE IF NOT EXISTS edits (
     {", ".join(f"{m} REAL" for m in EDIT_METRICS)}, refused INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS updates (
     update_idx INTEGER PRIMARY KEY, n_edits INTEGER NOT NULL, seconds REAL NOT NULL, entropy REAL,
-    refused INTEGER NOT NULL DEFAULT 0);
+    probe_neighborhood REAL, refused INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS distances (
     update_idx INTEGER NOT NULL, param TEXT NOT NULL, layer INTEGER, n_neurons INTEGER NOT NULL,
     frobenius REAL NOT NULL, normalized REAL NOT NULL, update_norm REAL NOT NULL,
     PRIMARY KEY (update_idx, param));
 CREATE TABLE IF NOT EXISTS rechecks (
     update_idx INTEGER PRIMARY KEY, n_edits INTEGER NOT NULL, n_checked INTEGER NOT NULL,
-    n_forgotten INTEGER NOT NULL, forgotten_pct REAL);
+    n_forgotten INTEGER NOT NULL, forgotten_pct REAL, seconds REAL);
 CREATE TABLE IF NOT EXISTS recheck_items (
     update_idx INTEGER NOT NULL, edit_idx INTEGER NOT NULL, holds INTEGER NOT NULL,
     PRIMARY KEY (update_idx, edit_idx));
@@ -74,7 +77,7 @@ _PER_UPDATE = ("edits", "updates", "distances", "rechecks", "recheck_items", "do
 
 
 def _nan_to_none(x: Any) -> Any:
-    return None if isinstance(x, float) and x != x else x
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 class RunStore:
@@ -98,7 +101,7 @@ class RunStore:
     def close(self) -> None:
         self.connection.close()
 
-    def __enter__(self) -> RunStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,6 +147,7 @@ class RunStore:
         n_edits: int,
         seconds: float,
         entropy: float | None,
+        probe_neighborhood: float | None,
         refused: bool,
         edits: Sequence[dict[str, Any]],
         distances: Sequence[dict[str, Any]],
@@ -151,8 +155,9 @@ class RunStore:
     ) -> None:
         """Everything measured for one update, in one transaction."""
         with self.transaction() as con:
-            con.execute("INSERT INTO updates VALUES (?, ?, ?, ?, ?)",
-                        (update_idx, n_edits, seconds, _nan_to_none(entropy), int(refused)))
+            con.execute("INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?)",
+                        (update_idx, n_edits, seconds, _nan_to_none(entropy), _nan_to_none(probe_neighborhood),
+                         int(refused)))
             con.executemany(
                 f"INSERT INTO edits VALUES (?, ?, ?, {', '.join('?' for _ in EDIT_METRICS)}, ?)",
                 [(e["edit_idx"], update_idx, e["case_id"], *(_nan_to_none(e[m]) for m in EDIT_METRICS),
@@ -171,13 +176,13 @@ class RunStore:
             [(update_idx, ev["edit_idx"], ev["kind"], ev["rule"], _nan_to_none(ev.get("value")),
               _nan_to_none(ev.get("threshold")), ev.get("detail", "")) for ev in events])
 
-    def record_recheck(self, update_idx: int, n_edits: int, holds: dict[int, bool]) -> None:
+    def record_recheck(self, update_idx: int, n_edits: int, holds: dict[int, bool], seconds: float = 0.0) -> None:
         """Which earlier successful edits (by ``edit_idx``) still hold after ``update_idx``."""
         n_forgotten = sum(not h for h in holds.values())
         pct = 100.0 * n_forgotten / len(holds) if holds else None
         with self.transaction() as con:
-            con.execute("INSERT INTO rechecks VALUES (?, ?, ?, ?, ?)",
-                        (update_idx, n_edits, len(holds), n_forgotten, pct))
+            con.execute("INSERT INTO rechecks VALUES (?, ?, ?, ?, ?, ?)",
+                        (update_idx, n_edits, len(holds), n_forgotten, pct, seconds))
             con.executemany("INSERT INTO recheck_items VALUES (?, ?, ?)",
                             [(update_idx, e, int(h)) for e, h in holds.items()])
 
@@ -189,8 +194,10 @@ class RunStore:
                              for task, metrics in results.items() for metric, value in metrics.items()])
 
     def record_checkpoint(self, update_idx: int, n_edits: int, path: str) -> None:
+        """The run's checkpoint is now this one (only the latest is kept)."""
         with self.transaction() as con:
-            con.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (update_idx, n_edits, path))
+            con.execute("DELETE FROM checkpoints")
+            con.execute("INSERT INTO checkpoints VALUES (?, ?, ?)", (update_idx, n_edits, path))
 
     def truncate_after(self, update_idx: int) -> None:
         """Drop every result of updates after ``update_idx`` (a resume redoes them)."""

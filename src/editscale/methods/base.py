@@ -204,5 +204,5 @@ def _load_builtin_methods() -> None:
 
 
 # modules that register the built-in methods when imported
-BUILTIN_METHOD_MODULES: list[str] = []
+BUILTIN_METHOD_MODULES: list[str] = ["editscale.methods.rome", "editscale.methods.memit", "editscale.methods.ft"]
 

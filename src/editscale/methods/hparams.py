@@ -17,8 +17,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
-from pydantic import field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 from torch import nn
 
 from editscale.errors import ConfigError
@@ -171,6 +179,13 @@ class FtHparams(HparamsBase):
     batch_size: PositiveInt = 64  # prompts per optimiser step
 
 
+class FtWHparams(FtHparams):
+    """FT-W: weight decay instead of the L-inf bound (the MEMIT paper's GPT-J values)."""
+
+    norm_constraint: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat = 5e-4
+
+
 # --------------------------------------------------------------------------------------------------------
 # presets
 # --------------------------------------------------------------------------------------------------------
@@ -182,13 +197,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "memit": {"layers": [13, 14, 15, 16, 17], "mom2_update_weight": 20_000, "v_steps": 20,
                   "clamp_norm_factor": 0.75},
         "ft-l": {"layer": 17, "norm_constraint": 5e-4},
-        "ft-w": {"layer": 17, "norm_constraint": None, "weight_decay": 5e-4},
+        "ft-w": {"layer": 17},
     },
     "gpt-j-6b": {
         "rome": {"layer": 5},
         "memit": {"layers": [3, 4, 5, 6, 7, 8], "mom2_update_weight": 15_000},
         "ft-l": {"layer": 5, "norm_constraint": 5e-5},
-        "ft-w": {"layer": 21, "norm_constraint": None, "weight_decay": 5e-4},
+        "ft-w": {"layer": 21},
     },
     "gpt-neox-20b": {
         "memit": {"layers": [6, 7, 8, 9, 10], "mom2_update_weight": 20_000, "v_steps": 20,
@@ -199,7 +214,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "memit": {"layers": [4, 5, 6, 7, 8], "mom2_update_weight": 15_000, "v_weight_decay": 1e-3,
                   "clamp_norm_factor": 4.0},
         "ft-l": {"layer": 5, "norm_constraint": 5e-5},
-        "ft-w": {"layer": 5, "norm_constraint": None, "weight_decay": 5e-4},
+        "ft-w": {"layer": 5},
     },
     # the testbed's small fact models (layers come from the manifest); tuned on testbed:demo
     "testbed": {
@@ -208,7 +223,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
                   "mom2_update_weight": 15_000},
         "ft-l": {"norm_constraint": 5e-3, "lr": 5e-3, "steps": 25},
-        "ft-w": {"norm_constraint": None, "weight_decay": 5e-4, "lr": 5e-3},
+        "ft-w": {"lr": 5e-3},
     },
 }
 PRESET_ALIASES = {"r-rome": "rome"}

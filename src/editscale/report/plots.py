@@ -18,10 +18,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from editscale.experiment.store import RunStore  # noqa: E402
+from editscale.experiment.store import RunStore
 
 PROFICIENCY = ("efficacy", "paraphrase", "neighborhood")
 WINDOWS = ((5, ":"), (50, "-"))
@@ -133,7 +133,6 @@ def plot_proficiency(runs: list[RunData], path: Path) -> Path:
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
     _legend(fig, runs, colors, with_windows=True)
-    fig.subplots_adjust(bottom=0.22)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

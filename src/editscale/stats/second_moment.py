@@ -272,8 +272,8 @@ class StatsKey:
 
 
 def default_cache_dir() -> Path:
-    """``$EDITSCALE_CACHE`` or ``~/.cache/editscale``."""
-    return Path(os.environ.get("EDITSCALE_CACHE", Path.home() / ".cache" / "editscale")).expanduser()
+    """``$EDITSCALE_HOME`` or ``~/.cache/editscale``."""
+    return Path(os.environ.get("EDITSCALE_HOME", Path.home() / ".cache" / "editscale")).expanduser()
 
 
 def _checksum(t: torch.Tensor) -> str:

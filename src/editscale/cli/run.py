@@ -1,0 +1,128 @@
+"""``editscale run``, ``report``, ``single-edit-test`` and ``demo``: sequential editing at scale."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from editscale.cli import app
+from editscale.cli.common import print_json
+from editscale.errors import ConfigError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _print_summary(title: str, summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(key: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        if key in ("efficacy", "paraphrase", "neighborhood", "forgotten"):
+            return f"{100 * v:.1f} %"
+        if isinstance(v, list):
+            return ", ".join(map(str, v[:20])) + (f" ... ({len(v)} in all)" if len(v) > 20 else "") or "none"
+        return str(v)
+
+    table = Table(title=title, show_header=False)
+    for key, v in summary.items():
+        table.add_row(key, fmt(key, v))
+    Console().print(table)
+
+
+@app.command("run")
+def run_command(
+    config: Annotated[Path | None, typer.Argument(help="YAML run config (see the README).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    resume_dir: Annotated[Path | None, typer.Option("--resume", help="Continue the killed run in this "
+                                                                     "directory.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Edit a model sequentially as CONFIG says, measuring every edit; or continue a run with --resume.
+
+    Prints the scores over the last 50 edits, the fraction of earlier edits forgotten at the last re-check
+    and the flagged (possibly disabling) edits.
+    """
+    from editscale.experiment.runner import resume, run_experiment
+
+    if resume_dir is not None:
+        if config is not None or out is not None:
+            raise ConfigError("--resume RUN_DIR takes no CONFIG or --out: the run directory holds its config")
+        run_dir, summary = resume_dir, resume(resume_dir)
+    else:
+        if config is None or out is None:
+            raise ConfigError("give a CONFIG and --out RUN_DIR, or --resume RUN_DIR")
+        run_dir, summary = out, run_experiment(config, out)
+    if json_out:
+        print_json(summary)
+    else:
+        _print_summary(f"run {run_dir} (scores over the last 50 edits)", summary)
+        print(f"results: {run_dir}; plots: editscale report {run_dir}")
+
+
+@app.command("report")
+def report_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (overlaid).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the plots and report.html "
+                                                                 "(default: RUN_DIR/report).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Plots in the paper's style (runs overlaid) and one HTML page with a summary table."""
+    from editscale.report.html import write_report
+
+    page = write_report(run_dirs, out)
+    if json_out:
+        print_json({"report": str(page), "plots": sorted(str(p) for p in page.parent.glob("*.png"))})
+    else:
+        print(f"report: {page}")
+
+
+@app.command("single-edit-test")
+def single_edit_test_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with flagged edits.")],
+    normal: Annotated[int, typer.Option(help="How many normal (unflagged) edits to compare with.", min=1)] = 10,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-apply each flagged edit, alone, to the unedited model and compare its distance with normal edits
+    (the paper's Table 2)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from editscale.experiment.guard import single_edit_test
+
+    result = single_edit_test(run_dir, n_normal=normal)
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"single edits on the unedited model ({run_dir})")
+    for col in ("edit", "kind", "normalized distance", "frobenius", "efficacy", "neighborhood", "entropy"):
+        table.add_column(col, justify="right")
+    for r in result["edits"]:
+        table.add_row(str(r["edit_idx"]), r["kind"], f"{r['normalized']:.3e}", f"{r['frobenius']:.4g}",
+                      f"{r['efficacy']:.2f}", f"{r['neighborhood']:.2f}",
+                      "-" if r["entropy"] is None else f"{r['entropy']:.2f}")
+    Console().print(table)
+    for kind in ("flagged", "normal"):
+        g = result[kind]
+        if g["n"]:
+            print(f"{kind}: {g['n']} edits, mean normalized distance {g['normalized']:.3e}")
+        else:
+            print(f"{kind}: none")
+
+
+@app.command("demo")
+def demo_command(
+    edits: Annotated[int, typer.Option(help="Sequential edits per method.", min=10)] = 250,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path(
+        "editscale-demo"),
+) -> None:
+    """Build testbed:demo if needed, edit it sequentially with ROME, r-ROME, MEMIT and FT-L on the same
+    seeded sample, and write the report."""
+    from editscale.experiment.runner import run_demo
+
+    page = run_demo(out, edits=edits)
+    print(f"report: {page}")

@@ -1,0 +1,55 @@
+"""``editscale testbed build NAME``: train (or find cached) one of editscale's own small fact models."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from editscale.cli import app
+from editscale.cli.common import print_json
+
+testbed = typer.Typer(help="The small fact models editscale trains itself (no downloads).", no_args_is_help=True)
+app.add_typer(testbed, name="testbed")
+
+
+@testbed.command("build")
+def build_command(
+    name: Annotated[str, typer.Argument(help="Which testbed: tiny (about a minute) or demo (up to 10 minutes).")],
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached build exists.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores).",
+                                                min=1)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a summary.")] = False,
+) -> None:
+    """Build testbed NAME (cached under $EDITSCALE_HOME, default ~/.cache/editscale) and print what it reached."""
+    from editscale.testbed.registry import ensure_built, is_built, model_path, read_manifest
+
+    cached = is_built(model_path(name)) and not force
+    path = ensure_built(name, force=force, threads=threads)
+    m = read_manifest(path)
+    summary = {
+        "name": m["name"],
+        "dir": str(path),
+        "cached": cached,
+        "recall_train": m["recall_train"],
+        "recall_heldout": m["recall_heldout"],
+        "skills": m["skills"],
+        "train_seconds": m["train_seconds"],
+        "build_seconds": m["build_seconds"],
+        "parameters": m["sizes"]["parameters"],
+        "subjects": m["sizes"]["subjects"],
+        "relations": m["sizes"]["relations"],
+        "rome_layer": m["rome_layer"],
+        "memit_layers": m["memit_layers"],
+    }
+    if json_out:
+        print_json(summary)
+        return
+    how = "cached" if cached else f"trained in {m['train_seconds']:.0f} s"
+    skills = ", ".join(f"{k} {v:.2f}" for k, v in m["skills"].items())
+    typer.echo(f"testbed:{m['name']} ({how}; {summary['parameters']:,} parameters, {summary['subjects']} subjects x "
+               f"{summary['relations']} relations) in {path}")
+    typer.echo(f"recall on training templates: {m['recall_train']:.1%}")
+    typer.echo(f"recall on held-out paraphrase templates: {m['recall_heldout']:.1%}")
+    typer.echo(f"skills F1: {skills}")
+    typer.echo(f"edit layers: ROME {m['rome_layer']}, MEMIT {m['memit_layers']}")

@@ -1,0 +1,116 @@
+"""``EditContext``: the model being edited and the caches that outlive one edit call.
+
+Everything a method needs besides its hyperparameters and requests: the model, its tokenizer and anatomy, a
+seed, the second-moment statistics (from an explicit on-disk ``StatsCache`` plus an in-memory copy) and the
+sampled context prefixes. No module-level caches: two contexts never share state unless given the same
+``StatsCache`` directory.
+
+The context records the model's fingerprint when it is created. Statistics and prefixes are meant to be
+those of the UNEDITED model (as in the papers, where they are computed once and cached), so create the context
+(or the ``Editor``) before editing; statistics computed later are still keyed by that first fingerprint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from editscale.methods.hparams import model_dir, read_manifest
+from editscale.methods.targets import PrefixSpec, model_device, sample_prefixes
+from editscale.model.anatomy import Anatomy, get_anatomy
+from editscale.model.loading import fingerprint as model_fingerprint
+from editscale.model.tokens import ensure_pad_token
+from editscale.stats.second_moment import Corpus, StatsCache, resolve_corpus, second_moments
+
+if TYPE_CHECKING:
+    from editscale.methods.hparams import StatsHparams
+
+_DEFAULT = "default"
+
+
+class EditContext:
+    """The model under edit plus its statistics and prefix caches.
+
+    - ``stats_cache``: a ``StatsCache``, a directory, ``"default"`` (``$EDITSCALE_HOME`` or
+      ``~/.cache/editscale``) or None (keep statistics in memory only);
+    - ``corpus``: the statistics corpus when the hyperparameters name none (default: the model directory's
+      corpus.txt, which testbed models ship);
+    - ``seed``: for the context prefixes;
+    - ``progress``: progress bars on or off (None: ``EDITSCALE_PROGRESS``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        anatomy: Anatomy | None = None,
+        stats_cache: StatsCache | str | Path | None = _DEFAULT,
+        corpus: str | Path | Corpus | list[str] | None = None,
+        seed: int = 0,
+        progress: bool | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        ensure_pad_token(tokenizer)
+        self.anatomy = anatomy or get_anatomy(model)
+        if stats_cache == _DEFAULT:
+            stats_cache = StatsCache()
+        elif isinstance(stats_cache, (str, Path)):
+            stats_cache = StatsCache(stats_cache)
+        self.stats_cache: StatsCache | None = stats_cache
+        self.corpus_spec = corpus
+        self.seed = seed
+        self.progress = progress
+        self.fingerprint = fingerprint or model_fingerprint(model)
+        self.manifest: dict[str, Any] | None = read_manifest(model)
+        self._moments: dict[tuple, torch.Tensor] = {}
+        self._prefixes: dict[PrefixSpec, list[list[str]]] = {}
+        self._corpora: dict[str, Corpus] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    @property
+    def model_dir(self) -> Path | None:
+        return model_dir(self.model)
+
+    # --- context prefixes -------------------------------------------------------------------------------
+    def prefixes(self, spec: PrefixSpec) -> list[list[str]]:
+        """Context prefix groups for ``spec`` (group 0: the bare prompt), sampled once per context."""
+        if spec not in self._prefixes:
+            self._prefixes[spec] = sample_prefixes(self.model, self.tokenizer, spec, self.seed)
+        return self._prefixes[spec]
+
+    # --- statistics -------------------------------------------------------------------------------------
+    def corpus(self, spec: str | Path | Corpus | list[str] | None = None) -> Corpus:
+        spec = spec if spec is not None else self.corpus_spec
+        if isinstance(spec, Corpus):
+            return spec
+        key = repr(spec)
+        if key not in self._corpora:
+            self._corpora[key] = resolve_corpus(spec, self.model_dir)
+        return self._corpora[key]
+
+    def second_moments(self, layers: list[int], hp: StatsHparams) -> dict[int, torch.Tensor]:
+        """E[k k^T] (k, k) for ``layers``, on the model's device in float32/float64 as ``hp.mom2_dtype``:
+        from memory, else the disk cache, else computed for all missing layers in one pass."""
+        corpus = self.corpus(hp.mom2_corpus)
+        spec = (corpus.digest, hp.mom2_n_samples, hp.mom2_dtype, hp.mom2_max_length)
+        missing = [layer for layer in layers if (layer, *spec) not in self._moments]
+        if missing:
+            got = second_moments(self.model, self.tokenizer, missing, corpus, n_samples=hp.mom2_n_samples,
+                                 dtype=hp.mom2_dtype, max_length=hp.mom2_max_length,
+                                 batch_size=hp.mom2_batch_size, cache=self.stats_cache,
+                                 fingerprint=self.fingerprint, progress=self.progress)
+            for layer, m in got.items():
+                self._moments[(layer, *spec)] = m.matrix.to(self.device)
+        return {layer: self._moments[(layer, *spec)] for layer in layers}
+
+    def second_moment(self, layer: int, hp: StatsHparams) -> torch.Tensor:
+        return self.second_moments([layer], hp)[layer]

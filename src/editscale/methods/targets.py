@@ -1,0 +1,414 @@
+"""Machinery shared by every locate-then-edit method: context prefixes, keys, and target vectors.
+
+- ``sample_prefixes``: short texts the model itself generates (ROME: 10 of 5 tokens and 10 of 10 tokens from
+  the BOS token; MEMIT: 5 of 10 tokens from "The", "Therefore", ...), deterministic for a seed. The prompt
+  is put after each prefix, as "PREFIX. {subject} plays the sport of".
+- ``subject_activations``: inputs (keys) or outputs of any modules at the last subject token, for the bare
+  prompt and averaged over the prefixed prompts.
+- ``optimize_targets``: the target vectors v* (ROME: at the MLP output of the edited layer) or z (MEMIT: in
+  the residual stream after the last edited layer), for ALL requests of a call in one batched optimisation.
+  Per request: NLL of the new target over the prefixed prompts + kl_factor x KL(edited || original) on
+  "{subject} is a" (and the case's other facts of the subject) + weight decay x ||delta|| / ||init||^2; delta
+  clamped to clamp_norm_factor x ||init||; Adam; early stop once the request's loss is below a threshold.
+  The per-request losses are summed, so each request's gradient, Adam state and trajectory are those of its
+  own optimisation (Adam is elementwise); a request that stops early is frozen and leaves the batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from editscale.data.records import EditCase, EditRequest
+from editscale.errors import RecordError
+from editscale.model.hooks import add_at, capture, run_until
+from editscale.model.tokens import Batch, continuation_ids, encode, last_subject_index, pad_batch
+
+if TYPE_CHECKING:
+    from editscale.methods.context import EditContext
+    from editscale.methods.hparams import TargetHparams
+
+
+# --------------------------------------------------------------------------------------------------------
+# requests
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EditItem:
+    """A request plus the subject's other facts ((prompt, true object) pairs) for the KL term."""
+
+    request: EditRequest
+    other_facts: tuple[tuple[str, str], ...] = ()
+
+
+def as_items(requests: Iterable[EditRequest | EditCase | EditItem]) -> list[EditItem]:
+    """Normalise what methods receive: requests, CounterFact-style cases (their other facts are kept)."""
+    items = []
+    for r in requests:
+        if isinstance(r, EditItem):
+            items.append(r)
+        elif isinstance(r, EditCase):
+            items.append(EditItem(r.request, r.other_fact_prompts))
+        elif isinstance(r, EditRequest):
+            items.append(EditItem(r))
+        else:
+            raise RecordError(f"expected an EditRequest or EditCase, got {type(r).__name__}")
+    if not items:
+        raise RecordError("no edit requests given")
+    return items
+
+
+# --------------------------------------------------------------------------------------------------------
+# model state for optimisation
+# --------------------------------------------------------------------------------------------------------
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients inside the block (both restored afterwards), so optimising an
+    added vector never writes ``.grad`` into the model."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# --------------------------------------------------------------------------------------------------------
+# context prefixes
+# --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrefixSpec:
+    """How to sample context prefixes: (length in tokens incl. the start, count) per group."""
+
+    lengths: tuple[tuple[int, int], ...]
+    starts: tuple[str, ...] | None = None
+    top_k: int = 5
+
+    @classmethod
+    def from_hparams(cls, hp: TargetHparams) -> PrefixSpec:
+        starts = tuple(hp.context_starts) if hp.context_starts else None
+        return cls(tuple((int(a), int(b)) for a, b in hp.context_lengths), starts, hp.context_top_k)
+
+
+@torch.no_grad()
+def _sample(model: nn.Module, start: list[int], n: int, length: int, top_k: int, gen: torch.Generator) -> torch.Tensor:
+    """n top-k samples continuing ``start`` up to ``length`` tokens in all (rows share one length)."""
+    ids = torch.tensor([start] * n, dtype=torch.long, device=model_device(model))
+    while ids.shape[1] < length:
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float().cpu()
+        vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+        choice = torch.multinomial(torch.softmax(vals, -1), 1, generator=gen)
+        ids = torch.cat([ids, idx.gather(1, choice).to(ids.device)], 1)
+    return ids
+
+
+def sample_prefixes(model: nn.Module, tokenizer, spec: PrefixSpec, seed: int = 0) -> list[list[str]]:
+    """Groups of prefixes; group 0 is ``[""]`` (the bare prompt), each other group one ``spec.lengths`` entry.
+
+    Every prefix ends with ". " so that ``prefix + prompt`` reads "TEXT. {} plays ..." (as ROME's "{}. {}"
+    templates; braces in the samples are replaced by spaces).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    groups: list[list[str]] = [[""]]
+    with frozen_eval(model):
+        for length, count in spec.lengths:
+            if spec.starts:
+                starts = list(spec.starts)[: max(1, count)]
+                per = [count // len(starts) + (i < count % len(starts)) for i in range(len(starts))]
+                plan = [(encode(tokenizer, s), k) for s, k in zip(starts, per) if k > 0]
+            else:
+                plan = [([start_id], count)]
+            texts = []
+            for start, k in plan:
+                rows = _sample(model, start, k, max(length, len(start)), spec.top_k, gen)
+                texts += tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)
+            groups.append([t.replace("{", " ").replace("}", " ") + ". " for t in texts])
+    return groups
+
+
+def _row_weights(groups: Sequence[Sequence[str]], average: str) -> list[float]:
+    """Weights of the prefixed prompts of one request in its averaged key (they sum to 1)."""
+    if average == "grouped":  # MEMIT's compute_ks: mean within each group, then over groups
+        return [1.0 / (len(groups) * len(g)) for g in groups for _ in g]
+    n = sum(len(g) for g in groups)  # ROME's compute_u: mean over all templates
+    return [1.0 / n] * n
+
+
+# --------------------------------------------------------------------------------------------------------
+# activations at the last subject token
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class SubjectReads:
+    """One module's input or output at the last subject token: per request, bare prompt and prefix average."""
+
+    bare: torch.Tensor  # (B, dim)
+    mean: torch.Tensor  # (B, dim)
+
+
+def _prompt_row(tokenizer, prefix: str, request: EditRequest) -> tuple[list[int], int]:
+    template = prefix + request.prompt
+    ids = encode(tokenizer, template.replace("{}", request.subject))
+    return ids, last_subject_index(tokenizer, template, request.subject, request.case_id)
+
+
+@torch.no_grad()
+def subject_activations(
+    ctx: EditContext,
+    requests: Sequence[EditRequest | EditItem],
+    prefixes: Sequence[Sequence[str]],
+    reads: Sequence[tuple[str, bool]],
+    *,
+    average: str = "uniform",
+    stop_after: str | None = None,
+    batch_rows: int = 256,
+) -> dict[tuple[str, bool], SubjectReads]:
+    """For each ``(module name, inputs?)`` in ``reads``: the module's input (keys, with True) or output at the
+    last subject token of each request's prompt, bare and averaged over ``prefixes`` (group 0 must be the
+    bare prompt). ``stop_after`` ends each forward pass early (the deepest module read)."""
+    reqs = [r.request if isinstance(r, EditItem) else r for r in requests]
+    model, tok = ctx.model, ctx.tokenizer
+    flat = [p for g in prefixes for p in g]
+    if flat[0] != "":
+        raise ValueError("prefix group 0 must be the bare prompt ['']")
+    weights = torch.tensor(_row_weights(prefixes, average), dtype=torch.float64)
+    rows = [_prompt_row(tok, p, r) for r in reqs for p in flat]
+    device = model_device(model)
+    got: dict[tuple[str, bool], list[torch.Tensor]] = {k: [] for k in reads}
+    with frozen_eval(model):
+        for start in range(0, len(rows), batch_rows):
+            chunk = rows[start: start + batch_rows]
+            batch = pad_batch([ids for ids, _ in chunk], tok.pad_token_id, device)
+            pos = torch.tensor([p for _, p in chunk], device=device)
+            with ExitStack() as stack:
+                caps = {k: stack.enter_context(capture(model, [k[0]], inputs=k[1], positions=pos,
+                                                       stop_after=stop_after if k == reads[-1] else None))
+                        for k in reads}
+                run_until(model, **batch.model_inputs())
+            for k, cap in caps.items():
+                got[k].append(cap[k[0]])
+    out = {}
+    n = len(flat)
+    for k, parts in got.items():
+        acts = torch.cat(parts).view(len(reqs), n, -1)
+        mean = (acts.double() * weights.to(acts.device)[None, :, None]).sum(1).to(acts.dtype)
+        out[k] = SubjectReads(bare=acts[:, 0], mean=mean)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# target vectors
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class TargetResult:
+    """Per request: the target vector (init + delta), its parts, and how the optimisation ended."""
+
+    target: torch.Tensor  # (B, d) float32
+    init: torch.Tensor  # (B, d): the module's output at the last subject token of the bare prompt
+    delta: torch.Tensor  # (B, d)
+    loss: torch.Tensor  # (B,) the loss at the returned delta
+    nll: torch.Tensor  # (B,) mean NLL of the new target over the prefixed prompts at the returned delta
+    steps: torch.Tensor  # (B,) optimiser steps taken
+
+    def info(self) -> dict[str, list[float]]:
+        return {"target_loss": self.loss.tolist(), "target_nll": self.nll.tolist(),
+                "target_steps": self.steps.tolist(), "delta_norm": self.delta.norm(dim=1).tolist()}
+
+
+@dataclass
+class PromptLayout:
+    """One padded batch holding, per request, its (prefixed) prompts followed by the new target's tokens but
+    the last, and its KL prompts; with the positions every loss term reads."""
+
+    batch: Batch
+    pos: torch.Tensor  # (R,) where a vector is added: the last subject token
+    owner: torch.Tensor  # (R,) request of each row
+    bare: torch.Tensor  # (B,) row of each request's bare prompt
+    tok_row: torch.Tensor  # (N,) per target token: row, position whose logits predict it, id, weight
+    tok_col: torch.Tensor
+    tok_id: torch.Tensor
+    tok_w: torch.Tensor  # 1 / (target length x number of prompts) of the owner, so the sum is ROME's mean
+    kl_row: torch.Tensor  # (M,) KL prompts: row, position of the compared distribution, weight
+    kl_col: torch.Tensor
+    kl_w: torch.Tensor
+
+    def rows_of(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the active requests, and a map from a row to its index among them (-1 elsewhere)."""
+        rsel = active[self.owner].nonzero()[:, 0]
+        remap = torch.full((self.owner.shape[0],), -1, dtype=torch.long, device=self.owner.device)
+        remap[rsel] = torch.arange(len(rsel), device=rsel.device)
+        return rsel, remap
+
+    def inputs(self, rsel: torch.Tensor) -> dict[str, torch.Tensor]:
+        width = int(self.batch.lengths[rsel].max())
+        return {"input_ids": self.batch.input_ids[rsel, :width],
+                "attention_mask": self.batch.attention_mask[rsel, :width], "use_cache": False}
+
+    def nll(self, head: nn.Module, hidden: torch.Tensor, active: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
+        """(B,) per active request: mean over its prompts of the mean NLL of the target tokens (0 elsewhere)."""
+        sel = active[self.owner[self.tok_row]]
+        rows = self.tok_row[sel]
+        logp = torch.log_softmax(head(hidden[remap[rows], self.tok_col[sel]]).float(), -1)
+        per = -logp.gather(1, self.tok_id[sel, None])[:, 0] * self.tok_w[sel]
+        return torch.zeros(active.shape[0], device=per.device).index_add(0, self.owner[rows], per)
+
+    def kl_logprobs(self, head: nn.Module, hidden: torch.Tensor, active: torch.Tensor,
+                    remap: torch.Tensor) -> torch.Tensor:
+        """Log next-token distributions at the KL positions of the active requests' KL prompts."""
+        rows = self.kl_row[active[self.owner[self.kl_row]]]
+        return torch.log_softmax(head(hidden[remap[rows], self.kl_col[active[self.owner[self.kl_row]]]]).float(), -1)
+
+
+def build_layout(
+    ctx: EditContext,
+    items: Sequence[EditItem],
+    prefixes: Sequence[Sequence[str]],
+    *,
+    kl_prompt: str | None = None,
+    other_facts: bool = False,
+) -> PromptLayout:
+    """The batch of prompts for ``items``: every prefix + prompt + target[:-1]; then, with ``kl_prompt``, the
+    KL prompts ("{} is a", compared at the subject's last token as the reference code; with ``other_facts``
+    also the subject's other facts, compared where their object is predicted)."""
+    tok = ctx.tokenizer
+    flat = [p for g in prefixes for p in g]
+    seqs: list[list[int]] = []
+    pos, owner, bare = [], [], []
+    tok_row, tok_col, tok_id, tok_w = [], [], [], []
+    kl_row, kl_col, kl_w = [], [], []
+    for b, item in enumerate(items):
+        r = item.request
+        target = continuation_ids(tok, r.text, r.target_new)
+        bare.append(len(seqs))
+        for prefix in flat:
+            ids, subj = _prompt_row(tok, prefix, r)
+            row = len(seqs)
+            seqs.append(ids + target[:-1])
+            pos.append(subj)
+            owner.append(b)
+            tok_row += [row] * len(target)
+            tok_col += range(len(ids) - 1, len(ids) - 1 + len(target))
+            tok_id += target
+            tok_w += [1.0 / (len(target) * len(flat))] * len(target)
+        if kl_prompt is None:
+            continue
+        ids, subj = _prompt_row(tok, "", EditRequest(kl_prompt, r.subject, r.target_new))
+        kl = [(ids, subj, subj)]  # (ids, where the vector goes, where the distribution is compared)
+        for prompt, _ in item.other_facts if other_facts else ():
+            template = prompt if "{}" in prompt else prompt.replace(r.subject, "{}", 1)
+            if "{}" not in template:
+                warnings.warn(f"record {r.case_id!r}: other-fact prompt {prompt!r} does not contain the "
+                              "subject; left out of the KL term", stacklevel=3)
+                continue
+            ids = encode(tok, template.replace("{}", r.subject))
+            kl.append((ids, last_subject_index(tok, template, r.subject, r.case_id), len(ids) - 1))
+        for ids, subj, at in kl:
+            kl_row.append(len(seqs))
+            kl_col.append(at)
+            kl_w.append(1.0 / len(kl))
+            seqs.append(ids)
+            pos.append(subj)
+            owner.append(b)
+    device = model_device(ctx.model)
+
+    def t(x, dtype=torch.long):
+        return torch.tensor(x, dtype=dtype, device=device)
+
+    return PromptLayout(pad_batch(seqs, tok.pad_token_id, device), t(pos), t(owner), t(bare), t(tok_row),
+                        t(tok_col), t(tok_id), t(tok_w, torch.float32), t(kl_row), t(kl_col),
+                        t(kl_w, torch.float32))
+
+
+def optimize_targets(
+    ctx: EditContext,
+    requests: Sequence[EditRequest | EditCase | EditItem],
+    module: str,
+    hp: TargetHparams,
+    prefixes: Sequence[Sequence[str]],
+) -> TargetResult:
+    """Target vectors for all ``requests``: a delta added to ``module``'s output at the last subject token.
+
+    ``module`` is the MLP output matrix of the edited layer (ROME's v*) or a decoder layer (MEMIT's z, the
+    residual stream). Requests are optimised ``hp.target_batch`` at a time, each exactly as on its own.
+    """
+    items = as_items(requests)
+    parts = [_optimize_chunk(ctx, items[i: i + hp.target_batch], module, hp, prefixes)
+             for i in range(0, len(items), hp.target_batch)]
+    return TargetResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                          ("target", "init", "delta", "loss", "nll", "steps")))
+
+
+def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp: TargetHparams,
+                    prefixes: Sequence[Sequence[str]]) -> TargetResult:
+    model = ctx.model
+    lay = build_layout(ctx, items, prefixes, kl_prompt=hp.kl_prompt if hp.kl_factor > 0 else None,
+                       other_facts=hp.kl_other_facts)
+    n_req, device = len(items), lay.pos.device
+    head, body = model.get_output_embeddings(), model.base_model
+    delta = torch.zeros(n_req, head.weight.shape[1], device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    active = torch.ones(n_req, dtype=torch.bool, device=device)
+    init = kl_init = max_norm = None
+    final_loss = torch.zeros(n_req, device=device)
+    final_nll = torch.zeros(n_req, device=device)
+    steps = torch.zeros(n_req, dtype=torch.long, device=device)
+
+    with frozen_eval(model):
+        for it in range(hp.v_steps):
+            rsel, remap = lay.rows_of(active)  # only the requests still optimising take part
+            row_owner = lay.owner[rsel]
+            with ExitStack() as stack:
+                if init is None:  # the first pass (delta = 0) records the initial vectors
+                    first = stack.enter_context(capture(model, [module], inputs=False, positions=lay.pos))
+                stack.enter_context(add_at(model, module, lay.pos[rsel], delta[row_owner]))
+                hidden = body(**lay.inputs(rsel)).last_hidden_state
+            if init is None:
+                init = first[module][lay.bare].float()
+                max_norm = hp.clamp_norm_factor * init.norm(dim=1)
+
+            nll = lay.nll(head, hidden, active, remap)
+            kl = torch.zeros(n_req, device=device)
+            if len(lay.kl_row):  # KL(edited || original), averaged over each request's KL prompts
+                k_logp = lay.kl_logprobs(head, hidden, active, remap)
+                if kl_init is None:
+                    kl_init = k_logp.detach()
+                ksel = active[lay.owner[lay.kl_row]]
+                per = (k_logp.exp() * (k_logp - kl_init[ksel])).sum(-1) * lay.kl_w[ksel]
+                kl = kl.index_add(0, lay.owner[lay.kl_row[ksel]], per)
+            decay = hp.v_weight_decay * delta.norm(dim=1) / init.norm(dim=1).clamp_min(1e-12) ** 2
+            loss = nll + hp.kl_factor * kl + decay
+
+            with torch.no_grad():
+                final_loss[active] = loss[active]
+                final_nll[active] = nll[active]
+            still = active & (loss.detach() >= hp.v_early_stop)
+            if it == hp.v_steps - 1 or not bool(still.any()):
+                break
+            opt.zero_grad()
+            loss[still].sum().backward()
+            kept = delta.detach().clone()
+            opt.step()
+            with torch.no_grad():
+                delta[~still] = kept[~still]  # requests that stopped stay where they stopped
+                norms = delta.norm(dim=1)
+                over = norms > max_norm
+                delta[over] *= (max_norm[over] / norms[over])[:, None]
+            steps += still.long()
+            active = still
+
+    delta = delta.detach()
+    return TargetResult(init + delta, init, delta, final_loss, final_nll, steps)

@@ -1,0 +1,90 @@
+"""What each testbed model is: world size, data mix, architecture, training schedule, edit layers.
+
+A spec's hash (with ``DATA_VERSION``) keys the build cache, so changing any field, or the way data is
+generated, builds a new model instead of reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from editscale.errors import ConfigError
+
+# Bump when the world, corpus, skills or training code changes what a spec builds.
+DATA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TestbedSpec:
+    """One testbed model. Sizes are counts; ``steps`` x ``batch_size`` x ``seq_len`` tokens are trained."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str
+    seed: int = 0
+    # world
+    n_subjects: int = 200
+    n_relations: int = 12
+    n_skill_entities: int = 400
+    n_background_names: int = 2000
+    # data mix, in documents per epoch (facts: every fact once in its edit template, once in a trained frame)
+    filler_docs: int = 2000
+    skill_docs: int = 1000
+    corpus_docs: int = 3000  # corpus.txt, for second-moment statistics
+    corpus_fact_share: float = 0.05  # fraction of corpus.txt lines that state world facts
+    # architecture
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    vocab_size: int = 1024
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int = 512
+    n_positions: int = 256
+    # training
+    steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    # recommended edit layers (measured; see the manifest's key statistics)
+    rome_layer: int = 0
+    memit_layers: tuple[int, ...] = field(default=(0, 1))
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"testbed {self.name}: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.arch not in ("gpt2", "llama"):
+            raise ConfigError(f"testbed {self.name}: arch must be 'gpt2' or 'llama', got {self.arch!r}")
+        bad = [x for x in (self.rome_layer, *self.memit_layers) if not 0 <= x < self.n_layers]
+        if bad:
+            raise ConfigError(f"testbed {self.name}: edit layers {bad} outside 0-{self.n_layers - 1}")
+        if self.seq_len > self.n_positions:
+            raise ConfigError(f"testbed {self.name}: seq_len {self.seq_len} exceeds n_positions {self.n_positions}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["memit_layers"] = list(self.memit_layers)
+        return d
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps({"spec": self.to_dict(), "data_version": DATA_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+SPECS: dict[str, TestbedSpec] = {
+    "tiny": TestbedSpec(name="tiny"),
+    "demo": TestbedSpec(name="demo", n_subjects=500, d_model=128, n_layers=4, d_mlp=1024, steps=3000),
+}
+
+
+def get_spec(name: str) -> TestbedSpec:
+    from editscale.errors import ModelLoadError
+
+    if name not in SPECS:
+        raise ModelLoadError(f"unknown testbed {name!r}; known testbeds: {', '.join(SPECS)}")
+    return SPECS[name]

@@ -1,0 +1,51 @@
+"""The disabling-edit guard: running-median rules, entropy and neighborhood collapse, state round trip."""
+
+import math
+
+import torch
+
+from editscale.experiment.config import GuardConfig
+from editscale.experiment.guard import Guard, UpdateSignals, weight_distance
+
+
+def _s(norm=1.0, jump=1.0, nb=0.9, entropy=None):
+    return UpdateSignals(update_norm=norm, distance_jump=jump, neighborhood=nb, entropy=entropy)
+
+
+def test_median_rules_wait_for_history_then_fire():
+    g = Guard(GuardConfig(min_history=3, norm_factor=10, distance_factor=5))
+    assert g.check(_s(norm=1000.0)) == []  # no history yet
+    for n in (1.0, 2.0, 1.5):
+        g.accept(_s(norm=n, jump=n))
+    assert g.check(_s(norm=14.0, jump=7.0)) == []  # below 10 x 1.5 and 5 x 1.5
+    flags = g.check(_s(norm=16.0, jump=8.0))
+    assert [f.rule for f in flags] == ["update_norm", "distance_jump"]
+    assert flags[0].threshold == 15.0 and "update_norm" in flags[0].detail
+
+
+def test_entropy_and_neighborhood_collapse():
+    g = Guard(GuardConfig(min_history=2, entropy_ratio=0.5, neighborhood_ratio=0.25), baseline_entropy=4.0)
+    assert g.check(_s(entropy=1.9))[0].rule == "entropy"
+    assert g.check(_s(entropy=2.1)) == []
+    for _ in range(2):
+        g.accept(_s(nb=0.8))
+    assert [f.rule for f in g.check(_s(nb=0.1))] == ["neighborhood"]
+    assert g.check(_s(nb=float("nan"))) == []
+
+
+def test_disabled_guard_never_flags_and_state_round_trips():
+    assert Guard(GuardConfig(enabled=False, min_history=1)).check(_s(norm=1e9, entropy=0.0)) == []
+    g = Guard(GuardConfig(min_history=1), baseline_entropy=3.0)
+    g.accept(_s(nb=float("nan")))
+    h = Guard(GuardConfig(min_history=1))
+    h.load_state_dict(g.state_dict())
+    assert h.baseline_entropy == 3.0 and h.norms == [1.0] and math.isnan(h.neighborhoods[0])
+
+
+def test_weight_distance_normalizes_by_neurons():
+    w0 = torch.zeros(8, 32)
+    w = w0.clone()
+    w[0, 0] = 3.0
+    w[1, 1] = 4.0
+    assert weight_distance(w, w0) == (5.0, 5.0 / 32, 32)
+    assert weight_distance(w.T, w0.T) == (5.0, 5.0 / 32, 32)  # GPT-2 stores it transposed: same answer

@@ -1,0 +1,62 @@
+"""The report: plots and the HTML page from run databases (synthetic runs, no editing)."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from editscale.cli import app
+from editscale.errors import RunStateError
+from editscale.experiment.store import EDIT_METRICS, RunStore
+from editscale.report.html import write_report
+from editscale.report.plots import trailing_mean
+
+PLOTS = {"proficiency.png", "forgetting.png", "downstream.png", "distance.png"}
+
+
+def fake_run(run_dir, method: str, n: int = 60, flagged: int | None = 40) -> None:
+    """A run database as the runner writes it, with made-up numbers."""
+    rng = np.random.default_rng(0)
+    with RunStore.in_dir(run_dir, create=True) as store:
+        store.set_meta(config={"model": "testbed:tiny", "method": {"name": method, "hparams": {}}}, status="complete")
+        store.record_downstream(0, 0, {"sst2": {"f1": 0.9}, "rte": {"f1": 0.8}})
+        for u in range(1, n + 1):
+            scores = {m: float(rng.random() < 0.9) for m in EDIT_METRICS}
+            events = ([{"edit_idx": u, "kind": "flagged", "rule": "update_norm", "value": 9.0, "threshold": 1.0}]
+                      if u == flagged else [])
+            dist = [{"param": f"transformer.h.{layer}.mlp.c_proj.weight", "layer": layer, "n_neurons": 64,
+                     "frobenius": 0.1 * u * (layer + 1), "normalized": 0.1 * u * (layer + 1) / 64,
+                     "update_norm": 0.1} for layer in (0, 1)]
+            store.record_update(u, u, 0.01, 3.0, 0.9, False, [{"edit_idx": u, "case_id": str(u), **scores}], dist, events)
+            if u % 10 == 0:
+                store.record_recheck(u, u, {e: e % 3 != 0 for e in range(1, u)})
+            if u % 20 == 0:
+                store.record_downstream(u, u, {"sst2": {"f1": 0.9 - u / 100}, "rte": {"f1": 0.8}})
+
+
+def test_report_of_two_runs(tmp_path):
+    fake_run(tmp_path / "a", "rome")
+    fake_run(tmp_path / "b", "memit", flagged=None)
+    page = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").glob("*.png")} == PLOTS
+    html = page.read_text()
+    assert all(f'src="{p}"' in html for p in PLOTS)
+    assert "<td>rome</td>" in html and "<td>memit</td>" in html
+    assert "<td>40</td>" in html  # rome's first flagged edit
+
+
+def test_report_cli_defaults_into_the_run(tmp_path):
+    fake_run(tmp_path / "a", "rome", flagged=None)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "a" / "report").glob("*.png")} == PLOTS
+
+
+def test_report_of_a_non_run(tmp_path):
+    with pytest.raises(RunStateError, match="not a run directory"):
+        write_report([tmp_path])
+
+
+def test_trailing_mean():
+    x = np.array([1.0, 0.0, np.nan, 1.0, 1.0])
+    assert trailing_mean(x, 2).tolist() == [1.0, 0.5, 0.0, 1.0, 1.0]
+    assert trailing_mean(x, 50)[-1] == pytest.approx(0.75)

@@ -1,0 +1,195 @@
+"""The sequential runner end to end on a tiny random GPT-2 with a stand-in method: what it records, the
+guard's rollback, and exact resume after SIGKILL at a random point (in a subprocess)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import Field
+
+from editscale.data import load_cases
+from editscale.data.records import EditCase, EditRequest
+from editscale.errors import RunStateError
+from editscale.experiment.config import sample_cases
+from editscale.experiment.runner import resume, run_experiment, summarize
+from editscale.experiment.store import RunStore
+from editscale.methods.base import Delta, EditMethod, Update, register
+from editscale.methods.hparams import HparamsBase
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+from tiny import bpe_tokenizer, random_model
+
+COMPARED = {  # per-edit results that must be identical after a resume
+    "edits": "SELECT * FROM edits ORDER BY edit_idx",
+    "distances": "SELECT * FROM distances ORDER BY update_idx, param",
+    "rechecks": "SELECT update_idx, n_edits, n_checked, n_forgotten, forgotten_pct FROM rechecks ORDER BY update_idx",
+    "recheck_items": "SELECT * FROM recheck_items ORDER BY update_idx, edit_idx",
+    "events": "SELECT update_idx, edit_idx, kind, rule, value, threshold FROM events ORDER BY id",
+    "updates": "SELECT update_idx, n_edits, entropy, probe_neighborhood, refused FROM updates ORDER BY update_idx",
+}
+
+
+class NoiseHparams(HparamsBase):
+    layer: int | None = Field(None, ge=0)
+    scale: float = 0.05
+    spike_subjects: list[str] = Field(default_factory=list)  # edits of these subjects are 200x larger ("disabling" edits)
+    delay: float = 0.0  # seconds per call, so a test can kill a run mid-way
+
+
+@register
+class NoiseEdit(EditMethod):
+    """A stand-in method: a random rank-one update of one MLP output matrix that depends on the current
+    weights, the method state (an edit counter) and the torch RNG, so a resume must restore all three."""
+
+    name = "test-noise"
+    Hparams = NoiseHparams
+
+    def compute(self, ctx, requests, state):
+        hp = self.hparams
+        time.sleep(hp.delay)
+        w = ctx.anatomy.weight(ctx.model, hp.layer).detach()
+        count = int(state.get("count", torch.zeros(())).item()) + len(requests)
+        state["count"] = torch.tensor(count)
+        spike = 200.0 if any(r.request.subject in hp.spike_subjects for r in requests) else 1.0
+        left = torch.randn(w.shape[0], 1) * hp.scale * spike * (1 + float(w.norm()) / 100) * (1 + count / 100)
+        right = torch.randn(1, w.shape[1]) / w.shape[1] ** 0.5
+        name = ctx.anatomy.weight_name(hp.layer)
+        return Delta({name: Update(name, ctx.anatomy.transposed, left=left, right=right)})
+
+
+def make_fixture(root: Path, n_cases: int = 40) -> tuple[Path, Path]:
+    """A tiny GPT-2 directory and a records file of n_cases distinct-subject cases."""
+    model_dir, data = root / "model", root / "cases.jsonl"
+    if not model_dir.exists():
+        tok = bpe_tokenizer()
+        random_model("gpt2", vocab_size=len(tok), layers=2).save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+    rng = random.Random(0)
+    words = ["Paris", "London", "Rome", "Tokyo", "Berlin", "Madrid"]
+    with data.open("w") as f:
+        for i in range(n_cases):
+            a, b = rng.sample(words, 2)
+            case = EditCase(EditRequest("{} lives in", f"Person{i}", a, b, case_id=str(i)),
+                            paraphrase_prompts=(f"Person{i} is a resident of",),
+                            neighborhood_prompts=(f"Person{i + 100} lives in",),
+                            generation_prompts=("The quick brown fox",))
+            f.write(json.dumps(case.to_dict()) + "\n")
+    return model_dir, data
+
+
+def config(model_dir: Path, data: Path, **kw) -> dict:
+    return {"model": str(model_dir), "method": {"name": "test-noise", "hparams": kw.pop("hparams", {})},
+            "data": str(data), "edits": 30, "batch": 1, "forget_every": 5, "downstream_every": 0, "seed": 1,
+            "guard": {"entropy_prompts": 2, "entropy_tokens": 5}, **kw}
+
+
+def dump(run_dir: Path) -> dict[str, list]:
+    with RunStore.in_dir(run_dir) as store:
+        return {k: store.rows(q) for k, q in COMPARED.items()}
+
+
+@pytest.fixture(scope="module")
+def fixture_files(tmp_path_factory):
+    return make_fixture(tmp_path_factory.mktemp("runner"))
+
+
+def test_run_records_everything(fixture_files, tmp_path):
+    model_dir, data = fixture_files
+    summary = run_experiment(config(model_dir, data, batch=2, edits=11), tmp_path / "run", progress=False)
+    assert summary["edits"] == 11 and set(summary) >= {"efficacy", "paraphrase", "neighborhood", "forgotten",
+                                                        "flagged"}
+    with RunStore.in_dir(tmp_path / "run") as store:
+        meta = store.meta()
+        assert meta["status"] == "complete" and meta["config"]["edits"] == 11
+        assert {"torch", "transformers", "python"} <= set(meta["versions"]) and meta["fingerprint"]
+        assert store.rows("SELECT update_idx FROM updates") == [(u,) for u in range(1, 7)]
+        assert [r[0] for r in store.rows("SELECT update_idx FROM edits ORDER BY edit_idx")] == [
+            1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
+        assert store.rows("SELECT update_idx FROM rechecks") == [(5,), (6,)]
+        dist = store.frame("distances")
+        assert set(dist.param) == {"transformer.h.0.mlp.c_proj.weight"} and set(dist.layer) == {0}
+        assert (dist.normalized == dist.frobenius / dist.n_neurons).all() and (dist.update_norm > 0).all()
+        assert dist.frobenius.is_monotonic_increasing or len(dist) == 6
+        assert store.checkpoints() == [(6, 11, "checkpoints/update_000006")]
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["update_000006"]  # only the latest
+    with pytest.raises(RunStateError, match="already holds a run"):
+        run_experiment(config(model_dir, data), tmp_path / "run", progress=False)
+
+
+def test_guard_flags_and_reverts_disabling_edits(fixture_files, tmp_path):
+    model_dir, data = fixture_files
+    plan = sample_cases(load_cases(str(data)), 20, seed=1)
+    spikes = [plan[7].request.subject, plan[15].request.subject]  # edits 8 and 16
+    cfg = config(model_dir, data, edits=20, hparams={"spike_subjects": spikes},
+                 guard={"revert": True, "min_history": 3, "entropy_prompts": 0})
+    summary = run_experiment(cfg, tmp_path / "run", progress=False)
+    assert summary["flagged"] == [8, 16] and summary["refused"] == [8, 16]
+    with RunStore.in_dir(tmp_path / "run") as store:
+        dist = dict(store.rows("SELECT update_idx, frobenius FROM distances"))
+        assert dist[8] == dist[7] and dist[16] == dist[15]  # reverted exactly
+        assert store.rows("SELECT refused FROM edits WHERE edit_idx IN (8, 16)") == [(1,), (1,)]
+        rules = {r[0] for r in store.rows("SELECT rule FROM events WHERE kind = 'flagged'")}
+        assert rules >= {"update_norm", "distance_jump"}
+
+
+def _run_in_subprocess(args: list[str]) -> subprocess.Popen:
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_experiment_runner as t; "
+            "t.subprocess_main(sys.argv[2:])")
+    env = {**os.environ, "EDITSCALE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code, str(TESTS), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def subprocess_main(args: list[str]) -> None:
+    """Entry point of the subprocesses: ``run CONFIG_JSON RUN_DIR`` or ``resume RUN_DIR``."""
+    torch.set_num_threads(1)
+    if args[0] == "run":
+        run_experiment(json.loads(Path(args[1]).read_text()), args[2], progress=False)
+    else:
+        resume(args[1], progress=False)
+
+
+def test_resume_after_sigkill_is_identical(fixture_files, tmp_path):
+    model_dir, data = fixture_files
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(config(model_dir, data, edits=30, hparams={"delay": 0.05})))
+    ref = _run_in_subprocess(["run", str(cfg_file), str(tmp_path / "ref")])
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    expected = dump(tmp_path / "ref")
+    assert len(expected["edits"]) == 30
+
+    killed = tmp_path / "killed"
+    proc = _run_in_subprocess(["run", str(cfg_file), str(killed)])
+    rng = random.Random()
+    target = rng.randint(7, 24)  # kill somewhere after a few checkpoints, mid-run
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        db = killed / "results.sqlite"
+        if db.exists():
+            with contextlib.suppress(sqlite3.OperationalError), RunStore(db) as store:  # may be half-created
+                if store.last_update() >= target:
+                    break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run finished before it could be killed at update {target}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with RunStore.in_dir(killed) as store:
+        assert store.meta()["status"] == "running" and store.last_update() < 30
+    res = _run_in_subprocess(["resume", str(killed)])
+    _, err = res.communicate(timeout=300)
+    assert res.returncode == 0, err
+    assert dump(killed) == expected, f"killed after update {target}"
+    assert summarize(killed) == summarize(tmp_path / "ref")

@@ -1,0 +1,277 @@
+"""Editing methods on tiny random models: Deltas that leave the model untouched and revert bit-exactly, the
+algebra of ROME and MEMIT (property tests), the batched target optimisation, prefixes and hyperparameters."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from editscale.api import Editor
+from editscale.errors import ConfigError
+from editscale.methods.base import get_method_class, method_names
+from editscale.methods.context import EditContext
+from editscale.methods.hparams import (FtHparams, MemitHparams, RomeHparams, default_layers, model_kind,
+                                       resolve_hparams)
+from editscale.methods.memit import memit_solve
+from editscale.methods.rome import rank_one_solve
+from editscale.methods.targets import PrefixSpec, as_items, build_layout, optimize_targets, subject_activations
+from editscale.model.anatomy import get_anatomy
+from edit_helpers import METHODS, cases, corpus, requests, saved_model, small
+from tiny import FAMILIES, bpe_tokenizer, random_model
+
+warnings.filterwarnings("ignore", message=".*matrix is singular.*")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return bpe_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return corpus(80)
+
+
+def editor(model, tok, method, texts, **extra):
+    return Editor(model, tok, method, small(method, **extra), stats_cache=None, corpus=texts, progress=False)
+
+
+def test_builtin_methods_are_registered():
+    assert set(METHODS) <= set(method_names())
+    assert get_method_class("r-rome").name == "r-rome"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_edits_every_family_as_a_delta(family, method, tok, texts):
+    model = random_model(family, vocab_size=len(tok))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ed = editor(model, tok, method, texts)
+    delta = ed.compute(requests()[:2])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "compute() changed the model"
+    assert not any(p.grad is not None for p in model.parameters())
+    assert delta.updates and all(u.norm() > 0 and torch.isfinite(u.matrix()).all() for u in delta.updates.values())
+    delta.apply(model)
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed == set(delta.updates)
+    delta.revert(model)
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+
+
+# --- algebra ------------------------------------------------------------------------------------------------
+@settings(max_examples=30, deadline=None, database=None)
+@given(seed=st.integers(0, 10_000), d=st.integers(2, 12), k=st.integers(2, 16))
+def test_rank_one_solve_inserts_the_key_value_pair(seed, d, k):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, k, generator=g, dtype=torch.float64)
+    a = torch.randn(k, k, generator=g, dtype=torch.float64)
+    cov = a @ a.T + 0.1 * torch.eye(k, dtype=torch.float64)
+    k_star, k_bare, v = (torch.randn(n, generator=g, dtype=torch.float64) for n in (k, k, d))
+    for key in (k_star, k_bare):
+        lam, u = rank_one_solve(cov, k_star, key, v, w @ key)
+        torch.testing.assert_close((w + torch.outer(lam, u)) @ key, v)
+        # u is C^-1 k*, normalised
+        torch.testing.assert_close(u, torch.linalg.solve(cov, k_star) / torch.linalg.solve(cov, k_star).norm())
+
+
+@settings(max_examples=30, deadline=None, database=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 8), d=st.integers(2, 10), k=st.integers(2, 12),
+       weight=st.floats(1e-2, 1e4))
+def test_memit_solve_satisfies_its_normal_equations(seed, n, d, k, weight):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n, k, generator=g)
+    resid = torch.randn(n, d, generator=g)
+    a = torch.randn(k, k, generator=g)
+    cov = a @ a.T / k + 0.05 * torch.eye(k)
+    left, right = memit_solve(keys, resid, cov, weight)
+    delta = left @ right
+    lhs = delta @ (weight * cov.double() + keys.double().T @ keys.double())
+    torch.testing.assert_close(lhs, resid.double().T @ keys.double(), rtol=1e-6, atol=1e-6 * (1 + weight))
+
+
+# --- ROME and r-ROME on models: W' k = v* ---------------------------------------------------------------
+def _outputs_after(model, tok, ctx, method_name, item, r1):
+    hp = RomeHparams.validated({**small("rome"), "layer": 1})
+    module = ctx.anatomy.mlp_out_name(1)
+    reads = subject_activations(ctx, [item], ctx.prefixes(PrefixSpec.from_hparams(hp)), [(module, False)],
+                                average=hp.key_average, stop_after=module)
+    return reads[(module, False)]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@settings(max_examples=4, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.integers(0, 2), target=st.sampled_from(["football", "French", "the lazy dog"]))
+def test_after_rome_the_edited_matrix_maps_the_key_to_v_star(family, which, target, tok, texts):
+    model = random_model(family, vocab_size=len(tok))
+    req = requests()[which]
+    req = type(req)(req.prompt, req.subject, target, case_id=req.case_id)
+    for name in ("rome", "r-rome"):
+        ed = editor(model, tok, name, texts, layer=1)
+        r1 = ed.method.rank_one(ed.context, req)
+        delta = ed.compute([req]).apply(model)
+        try:
+            out = _outputs_after(model, tok, ed.context, name, as_items([req])[0], r1)
+        finally:
+            delta.revert(model)
+        # ROME: W' k + b = v* for the bare prompt's key; r-ROME: for the prefix-averaged key k*
+        got = out.mean[0] if name == "r-rome" else out.bare[0]
+        torch.testing.assert_close(got.double(), r1.value.double(), rtol=1e-3, atol=1e-3 * float(r1.value.norm()))
+        if name == "rome":
+            assert not torch.equal(r1.key, r1.key_mean)  # the asymmetry Gupta et al. found
+
+
+def test_rome_with_several_requests_is_sequential_rank_n(tok, texts):
+    model = random_model("gpt2", vocab_size=len(tok))
+    ed = editor(model, tok, "rome", texts, layer=1)
+    delta = ed.compute(requests())
+    (upd,) = delta.updates.values()
+    assert upd.rank == 3
+
+
+def test_memit_moves_the_last_layer_output_towards_z(tok, texts):
+    model = random_model("gpt2", vocab_size=len(tok), layers=3)
+    ed = editor(model, tok, "memit", texts, layers=[0, 1], mom2_update_weight=1.0, v_steps=10)
+    ctx, hp = ed.context, ed.hparams
+    prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
+    z_module = ctx.anatomy.layer_name(1)
+    reqs = requests()
+    z = optimize_targets(ctx, reqs, z_module, hp, prefixes).target
+
+    def h():
+        return subject_activations(ctx, reqs, prefixes, [(z_module, False)])[(z_module, False)].bare.float()
+
+    before = (z - h()).norm(dim=1)
+    delta = ed.compute(reqs).apply(model)
+    after = (z - h()).norm(dim=1)
+    delta.revert(model)
+    assert (after < 0.5 * before).all()
+    assert all(u.rank == 3 for u in delta.updates.values())  # low rank: one per request
+
+
+# --- the batched target optimisation -----------------------------------------------------------------------
+def test_batched_targets_equal_one_at_a_time_with_early_stopping(tok, texts):
+    model = random_model("gptj", vocab_size=len(tok))
+    ctx = EditContext(model, tok, stats_cache=None)
+    hp = MemitHparams.validated({**small("memit"), "layers": [1], "v_steps": 12, "v_weight_decay": 0,
+                                "kl_factor": 0})
+    prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
+    module = ctx.anatomy.layer_name(1)
+    reqs = requests()
+    free = optimize_targets(ctx, reqs, module, hp, prefixes)
+    # a threshold between the requests' losses: some stop early, others run on
+    hp = hp.updated(v_early_stop=float(free.loss.median()))
+    batched = optimize_targets(ctx, reqs, module, hp, prefixes)
+    alone = [optimize_targets(ctx, [r], module, hp, prefixes) for r in reqs]
+    steps = [int(a.steps[0]) for a in alone]
+    assert min(steps) < max(steps)
+    assert batched.steps.tolist() == steps
+    for i, a in enumerate(alone):
+        torch.testing.assert_close(batched.target[i], a.target[0], rtol=1e-3, atol=1e-3)
+    # chunking requests changes nothing either
+    chunked = optimize_targets(ctx, reqs, module, hp.updated(target_batch=2), prefixes)
+    torch.testing.assert_close(chunked.target, batched.target, rtol=1e-3, atol=1e-3)
+
+
+def test_delta_is_clamped(tok):
+    model = random_model("gpt2", vocab_size=len(tok))
+    ctx = EditContext(model, tok, stats_cache=None)
+    hp = RomeHparams.validated({**small("rome"), "clamp_norm_factor": 0.05, "v_steps": 8, "v_weight_decay": 0})
+    module = ctx.anatomy.mlp_out_name(1)
+    res = optimize_targets(ctx, requests(), module, hp, ctx.prefixes(PrefixSpec.from_hparams(hp)))
+    assert (res.delta.norm(dim=1) <= 0.05 * res.init.norm(dim=1) * (1 + 1e-4)).all()
+
+
+def test_other_facts_of_the_subject_enter_the_kl_term(tok):
+    model = random_model("gpt2", vocab_size=len(tok))
+    ctx = EditContext(model, tok, stats_cache=None)
+    with_facts = build_layout(ctx, as_items(cases()), [[""]], kl_prompt="{} is a", other_facts=True)
+    without = build_layout(ctx, as_items(requests()), [[""]], kl_prompt="{} is a", other_facts=True)
+    assert len(with_facts.kl_row) == 2 * len(without.kl_row) == 6
+    # the other fact is compared where its object is predicted: the prompt's last token
+    last = with_facts.batch.lengths[with_facts.kl_row] - 1
+    assert torch.equal(with_facts.kl_col[1::2], last[1::2])
+
+
+def test_prefixes_are_deterministic_per_seed_and_cached(tok):
+    model = random_model("gpt2", vocab_size=len(tok))
+    spec = PrefixSpec(((5, 3), (8, 2)))
+    a = EditContext(model, tok, stats_cache=None, seed=1)
+    b = EditContext(model, tok, stats_cache=None, seed=1)
+    c = EditContext(model, tok, stats_cache=None, seed=2)
+    pa = a.prefixes(spec)
+    assert pa[0] == [""] and [len(g) for g in pa] == [1, 3, 2]
+    assert all(p.endswith(". ") for g in pa[1:] for p in g)
+    assert pa == b.prefixes(spec) and pa != c.prefixes(spec)
+    assert a.prefixes(spec) is pa
+    starts = a.prefixes(PrefixSpec(((6, 4),), ("The", "Because")))
+    assert len(starts[1]) == 4 and all(p.startswith(("The", "Because")) for p in starts[1])
+
+
+def test_ft_l_respects_its_bound_and_ft_w_does_not_need_one(tok, texts):
+    model = random_model("gpt2", vocab_size=len(tok))
+    eps = 1e-3
+    d = editor(model, tok, "ft-l", texts, norm_constraint=eps, lr=1e-2).compute(requests())
+    (u,) = d.updates.values()
+    assert u.dense is not None and float(u.matrix().abs().max()) <= eps * (1 + 1e-6)
+    d = editor(model, tok, "ft-w", texts, lr=1e-2).compute(requests())
+    (u,) = d.updates.values()
+    assert float(u.matrix().abs().max()) > eps
+
+
+# --- hyperparameters -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("data, field", [
+    ({"v_lr": -1}, "v_lr"),
+    ({"layer": "five"}, "layer"),
+    ({"no_such_field": 1}, "no_such_field"),
+    ({"kl_prompt": "is a"}, "kl_prompt"),
+    ({"mom2_dtype": "float8"}, "mom2_dtype"),
+])
+def test_bad_hparams_are_one_line_errors_naming_the_field(data, field):
+    with pytest.raises(ConfigError) as e:
+        RomeHparams.validated(data)
+    assert f"'{field}'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_memit_layers_and_yaml(tmp_path, tok):
+    for layers in ([], [2, 2], [-1]):
+        with pytest.raises(ConfigError, match="'layers'"):
+            MemitHparams.validated({"layers": layers})
+    f = tmp_path / "hp.yaml"
+    f.write_text("layers: [1, 0]\nmom2_update_weight: 100\n")
+    assert MemitHparams.from_yaml(f).layers == [0, 1]
+    f.write_text("layers: [1, 0\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        MemitHparams.from_yaml(f)
+    model = random_model("gpt2", vocab_size=len(tok))
+    with pytest.raises(ConfigError, match="layer 7 does not exist"):
+        resolve_hparams("rome", RomeHparams, model, get_anatomy(model), {"layer": 7})
+    f.write_text("method: memit\nlayer: 1\n")
+    with pytest.raises(ConfigError, match="for method 'memit'"):
+        resolve_hparams("rome", RomeHparams, model, get_anatomy(model), f)
+
+
+def test_presets_and_default_layers(tmp_path):
+    def fake(model_type, n_layer, width):
+        return SimpleNamespace(config=SimpleNamespace(model_type=model_type, n_layer=n_layer, n_embd=width))
+
+    assert model_kind(fake("gpt2", 48, 1600)) == "gpt2-xl"
+    assert model_kind(fake("gptj", 28, 4096)) == "gpt-j-6b"
+    assert model_kind(fake("gpt2", 3, 32)) == "generic"
+    assert default_layers("rome", 28) == [5] and default_layers("memit", 28) == [3, 4, 5, 6, 7, 8]
+    assert default_layers("memit", 48)[-1] - default_layers("memit", 48)[0] >= 4
+    assert default_layers("rome", 4, {"rome_layer": 2}) == [2]
+    assert default_layers("memit", 4, {"memit_layers": [1, 0]}) == [0, 1]
+    d = saved_model(tmp_path / "m", manifest={"rome_layer": 2, "memit_layers": [0, 1]})
+    from editscale.model.loading import load_model
+
+    model, tok, anatomy = load_model(str(d))
+    assert resolve_hparams("rome", RomeHparams, model, anatomy).layer == 2
+    assert resolve_hparams("ft-l", FtHparams, model, anatomy).layer == 2
+    assert resolve_hparams("memit", MemitHparams, model, anatomy).layers == [0, 1]
+    assert resolve_hparams("memit", MemitHparams, model, anatomy, {"layers": [2]}).layers == [2]
