@@ -47,7 +47,7 @@ def texts(n: int = 4000) -> list[str]:
         lines = [ln for ln in wiki.read_text().splitlines() if len(ln.split()) > 20]
         return lines[:n]
     rng = random.Random(0)
-    words = "the of and to in a is was for on as with by he at from his an were are which".split()
+    words = ["the", "of", "and", "to", "in", "a", "is", "was", "for", "on", "as", "with", "by", "he", "at", "from", "his", "an", "were", "are", "which"]
     return [" ".join(rng.choice(words) for _ in range(120)) for _ in range(n)]
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.model:
-        model, tok, anatomy = load_model(args.model)
+        model, tok, _anatomy = load_model(args.model)
         name = args.model
     else:
         model, tok = build_default(256, 12)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from editscale.data.records import EditCase, EditRequest
 from tiny import TEXT, bpe_tokenizer, random_model
+
+from editscale.data.records import EditCase, EditRequest
 
 WORDS = sorted({w.strip(".,:") for t in TEXT for w in t.split()})
 

@@ -7,6 +7,8 @@ import warnings
 
 import pytest
 import torch
+from edit_helpers import cases, corpus, requests, saved_model, small
+from tiny import bpe_tokenizer, random_model
 
 import editscale
 from editscale.api import Editor, evaluate_edits, to_requests
@@ -16,8 +18,6 @@ from editscale.errors import ConfigError, RecordError
 from editscale.methods.base import Delta
 from editscale.model.loading import load_model
 from editscale.stats import second_moment as sm
-from edit_helpers import cases, corpus, requests, saved_model, small
-from tiny import bpe_tokenizer, random_model
 
 warnings.filterwarnings("ignore", message=".*matrix is singular.*")
 

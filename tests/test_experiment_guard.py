@@ -1,15 +1,13 @@
 """The disabling-edit guard: running-median rules, entropy and neighborhood collapse, state round trip."""
 
-import math
-
 import torch
 
 from editscale.experiment.config import GuardConfig
 from editscale.experiment.guard import Guard, UpdateSignals, weight_distance
 
 
-def _s(norm=1.0, jump=1.0, nb=0.9, entropy=None):
-    return UpdateSignals(update_norm=norm, distance_jump=jump, neighborhood=nb, entropy=entropy)
+def _s(norm=1.0, jump=1.0, nb=None, entropy=None):
+    return UpdateSignals(update_norm=norm, distance_jump=jump, entropy=entropy, neighborhood=nb)
 
 
 def test_median_rules_wait_for_history_then_fire():
@@ -24,22 +22,26 @@ def test_median_rules_wait_for_history_then_fire():
 
 
 def test_entropy_and_neighborhood_collapse():
-    g = Guard(GuardConfig(min_history=2, entropy_ratio=0.5, neighborhood_ratio=0.25), baseline_entropy=4.0)
-    assert g.check(_s(entropy=1.9))[0].rule == "entropy"
+    g = Guard(GuardConfig(entropy_ratio=0.5, neighborhood_drop=0.3), baseline_entropy=4.0, neighborhood=0.9)
+    assert [f.rule for f in g.check(_s(entropy=1.9))] == ["entropy"]
     assert g.check(_s(entropy=2.1)) == []
-    for _ in range(2):
-        g.accept(_s(nb=0.8))
-    assert [f.rule for f in g.check(_s(nb=0.1))] == ["neighborhood"]
-    assert g.check(_s(nb=float("nan"))) == []
+    assert [f.rule for f in g.check(_s(nb=0.5))] == ["neighborhood"]  # fell by 0.4 in one update
+    for nb in (0.8, 0.7, 0.6, 0.5):  # a gradual decline is no collapse
+        assert g.check(_s(nb=nb)) == []
+        g.accept(_s(nb=nb))
+    assert g.neighborhood == 0.5
+    assert g.check(_s(nb=0.1))[0].threshold == 0.2
 
 
 def test_disabled_guard_never_flags_and_state_round_trips():
-    assert Guard(GuardConfig(enabled=False, min_history=1)).check(_s(norm=1e9, entropy=0.0)) == []
-    g = Guard(GuardConfig(min_history=1), baseline_entropy=3.0)
-    g.accept(_s(nb=float("nan")))
+    off = Guard(GuardConfig(enabled=False, min_history=1), baseline_entropy=3.0, neighborhood=1.0)
+    off.accept(_s())
+    assert off.check(_s(norm=1e9, entropy=0.0, nb=0.0)) == []
+    g = Guard(GuardConfig(min_history=1), baseline_entropy=3.0, neighborhood=0.9)
+    g.accept(_s(norm=2.0, nb=0.8))
     h = Guard(GuardConfig(min_history=1))
     h.load_state_dict(g.state_dict())
-    assert h.baseline_entropy == 3.0 and h.norms == [1.0] and math.isnan(h.neighborhoods[0])
+    assert (h.baseline_entropy, h.neighborhood, h.norms, h.jumps) == (3.0, 0.8, [2.0], [1.0])
 
 
 def test_weight_distance_normalizes_by_neurons():

@@ -193,3 +193,37 @@ def test_resume_after_sigkill_is_identical(fixture_files, tmp_path):
     assert res.returncode == 0, err
     assert dump(killed) == expected, f"killed after update {target}"
     assert summarize(killed) == summarize(tmp_path / "ref")
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from editscale.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_cli_run_resume_single_edit_test_and_errors(fixture_files, tmp_path, capsys):
+    model_dir, data = fixture_files
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {model_dir}\nmethod: {{name: ft-l, hparams: {{steps: 2}}}}\ndata: {data}\n"
+                   "edits: 6\nbatch: 1\nforget_every: 3\ndownstream_every: 0\nseed: 0\n")
+    code, out, err = _cli(capsys, "run", str(cfg), "--out", str(tmp_path / "r"), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert set(summary) >= {"edits", "efficacy", "paraphrase", "neighborhood", "forgotten", "flagged"}
+    assert summary["edits"] == 6
+    code, out, _ = _cli(capsys, "run", "--resume", str(tmp_path / "r"), "--json")  # already complete
+    assert code == 0 and json.loads(out) == summary
+    code, out, err = _cli(capsys, "single-edit-test", str(tmp_path / "r"), "--normal", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["flagged"]["n"] == 0 and result["normal"]["n"] == 2 and result["normal"]["normalized"] > 0
+
+    cfg.write_text(cfg.read_text().replace("forget_every: 3", "forget_every: 0"))
+    code, out, err = _cli(capsys, "run", str(cfg), "--out", str(tmp_path / "bad"))
+    assert code == 2 and err.count("\n") == 1 and "field 'forget_every'" in err
+    assert not (tmp_path / "bad").exists()
+    code, _, err = _cli(capsys, "run", "--resume", str(tmp_path / "nothing"))
+    assert code == 2 and "no results database" in err

@@ -8,21 +8,33 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from edit_helpers import METHODS, cases, corpus, requests, saved_model, small
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import FAMILIES, bpe_tokenizer, random_model
 
 from editscale.api import Editor
 from editscale.errors import ConfigError
 from editscale.methods.base import get_method_class, method_names
 from editscale.methods.context import EditContext
-from editscale.methods.hparams import (FtHparams, MemitHparams, RomeHparams, default_layers, model_kind,
-                                       resolve_hparams)
+from editscale.methods.hparams import (
+    FtHparams,
+    MemitHparams,
+    RomeHparams,
+    default_layers,
+    model_kind,
+    resolve_hparams,
+)
 from editscale.methods.memit import memit_solve
 from editscale.methods.rome import rank_one_solve
-from editscale.methods.targets import PrefixSpec, as_items, build_layout, optimize_targets, subject_activations
+from editscale.methods.targets import (
+    PrefixSpec,
+    as_items,
+    build_layout,
+    optimize_targets,
+    subject_activations,
+)
 from editscale.model.anatomy import get_anatomy
-from edit_helpers import METHODS, cases, corpus, requests, saved_model, small
-from tiny import FAMILIES, bpe_tokenizer, random_model
 
 warnings.filterwarnings("ignore", message=".*matrix is singular.*")
 
@@ -270,7 +282,7 @@ def test_presets_and_default_layers(tmp_path):
     d = saved_model(tmp_path / "m", manifest={"rome_layer": 2, "memit_layers": [0, 1]})
     from editscale.model.loading import load_model
 
-    model, tok, anatomy = load_model(str(d))
+    model, _tok, anatomy = load_model(str(d))
     assert resolve_hparams("rome", RomeHparams, model, anatomy).layer == 2
     assert resolve_hparams("ft-l", FtHparams, model, anatomy).layer == 2
     assert resolve_hparams("memit", MemitHparams, model, anatomy).layers == [0, 1]

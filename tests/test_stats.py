@@ -6,15 +6,21 @@ import warnings
 
 import pytest
 import torch
+from edit_helpers import corpus, saved_model
+from tiny import FAMILIES, bpe_tokenizer, random_model
 
 from editscale.errors import ConfigError, DataLoadError
 from editscale.model.anatomy import get_anatomy
 from editscale.model.hooks import capture
 from editscale.model.tokens import encode_batch
 from editscale.stats import second_moment as sm
-from editscale.stats.second_moment import Corpus, StatsCache, compute_second_moments, resolve_corpus, second_moments
-from edit_helpers import corpus, saved_model
-from tiny import FAMILIES, bpe_tokenizer, random_model
+from editscale.stats.second_moment import (
+    Corpus,
+    StatsCache,
+    compute_second_moments,
+    resolve_corpus,
+    second_moments,
+)
 
 
 @pytest.fixture(scope="module")

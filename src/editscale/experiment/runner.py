@@ -172,22 +172,29 @@ class _Run:
         self.transposed: dict[str, bool] = {}
         self.last_frobenius: dict[str, float] = {}
         self.successful: list[int] = []  # edits that succeeded when made and were kept
-        self.store: RunStore | None = None
+        self._store: RunStore | None = None
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            raise RunStateError("the run has no results store yet")
+        return self._store
+
+    def open_store(self) -> None:
+        self._store = RunStore.in_dir(self.run_dir)
 
     # --- start and resume -------------------------------------------------------------------------------
-    def create_store(self) -> RunStore:
+    def create_store(self) -> None:
         store = RunStore.in_dir(self.run_dir, create=True)
         store.set_meta(config=self.cfg.to_dict(), hparams=self.editor.hparams.to_dict(),
                        versions=package_versions(), fingerprint=self.fingerprint,
                        created=datetime.now(UTC).isoformat(timespec="seconds"), status="running")
         store.write_plan((i + 1, (i // self.cfg.batch) + 1, c.case_id, c.request.subject, c.to_dict())
                          for i, c in enumerate(self.cases))
-        self.store = store
-        return store
+        self._store = store
 
     def baseline(self) -> None:
         """Measurements of the unedited model (update 0): downstream, and the guard's baselines."""
-        assert self.store is not None
         self.store.truncate_after(-1)
         if self.schedule.downstream(0) and self.downstream is not None:
             self.store.record_downstream(0, 0, self.downstream())
@@ -219,11 +226,10 @@ class _Run:
             for u in range(first_update, total + 1):
                 status = self.step(u)
                 advance(1, status=status)
-        assert self.store is not None
         self.store.set_meta(status="complete")
 
     def step(self, u: int) -> str:
-        assert self.store is not None
+        """One update and everything the schedule measures after it; the checkpoint comes last."""
         t0 = time.perf_counter()
         idx = self.schedule.edits_in(u)
         batch = [self.cases[i - 1] for i in idx]
@@ -260,12 +266,11 @@ class _Run:
             distances=distances, events=events)
         status = f"eff {_nanmean([s.efficacy for s in scores]):.2f}"
         if self.schedule.recheck(u):
-            pct = self._recheck(u, first_new=idx[0])
-            status += f" forgotten {pct:.0f}%"
-            if self.cfg.checkpoint:
-                self._checkpoint(u)
+            status += f" forgotten {self._recheck(u, first_new=idx[0]):.0f}%"
         if self.schedule.downstream(u) and self.downstream is not None:
             self.store.record_downstream(u, last_edit, self.downstream())
+        if self.schedule.recheck(u) and self.cfg.checkpoint:
+            self._checkpoint(u)
         return status + (" FLAGGED" if flags else "")
 
     # --- pieces ---------------------------------------------------------------------------------------------
@@ -304,7 +309,6 @@ class _Run:
 
     def _recheck(self, u: int, first_new: int) -> float:
         """Re-test every earlier successful edit; returns the percentage forgotten."""
-        assert self.store is not None
         t0 = time.perf_counter()
         earlier = [e for e in self.successful if e < first_new]
         holds: dict[int, bool] = {}
@@ -316,7 +320,6 @@ class _Run:
         return 100.0 * sum(not h for h in holds.values()) / len(holds) if holds else 0.0
 
     def _checkpoint(self, u: int) -> None:
-        assert self.store is not None
         runner = {"transposed": self.transposed, "last_frobenius": self.last_frobenius,
                   "successful": self.successful, "guard": self.guard.state_dict()}
         path = save_checkpoint(self.run_dir, u, self.schedule.n_edits_after(u), self.model, self.originals,
@@ -360,7 +363,7 @@ def resume(out_dir: str | Path, *, progress: bool | None = None) -> dict[str, An
     if run.fingerprint != meta["fingerprint"]:
         raise RunStateError(f"model {cfg.model!r} is not the model this run started with (fingerprint "
                             f"{run.fingerprint} != {meta['fingerprint']}); resume needs the same weights")
-    run.store = RunStore.in_dir(run_dir)
+    run.open_store()
     ckpts = [c for c in run.store.checkpoints() if (run_dir / c[2] / "info.json").is_file()]
     if "baseline" not in meta:
         run.baseline()

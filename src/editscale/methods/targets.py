@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from editscale.data.records import EditCase, EditRequest
-from editscale.errors import RecordError
+from editscale.errors import ConfigError, RecordError
 from editscale.model.hooks import add_at, capture, run_until
 from editscale.model.tokens import Batch, continuation_ids, encode, last_subject_index, pad_batch
 
@@ -124,6 +124,9 @@ def sample_prefixes(model: nn.Module, tokenizer, spec: PrefixSpec, seed: int = 0
     """
     gen = torch.Generator().manual_seed(seed)
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start_id is None and not spec.starts:
+        raise ConfigError("the tokenizer has neither a BOS nor an EOS token to sample context prefixes from; "
+                          "set context_starts (e.g. ['The', 'Therefore'])")
     groups: list[list[str]] = [[""]]
     with frozen_eval(model):
         for length, count in spec.lengths:
@@ -204,8 +207,8 @@ def subject_activations(
     out = {}
     n = len(flat)
     for k, parts in got.items():
-        acts = torch.cat(parts).view(len(reqs), n, -1)
-        mean = (acts.double() * weights.to(acts.device)[None, :, None]).sum(1).to(acts.dtype)
+        acts = torch.cat(parts).view(len(reqs), n, -1).float()  # float32 also for half-precision models
+        mean = (acts.double() * weights.to(acts.device)[None, :, None]).sum(1).float()
         out[k] = SubjectReads(bare=acts[:, 0], mean=mean)
     return out
 

@@ -230,8 +230,7 @@ def compute_second_moments(
                 mask = batch.attention_mask.bool()
                 take = min(int(mask.sum()), n_samples - count)
                 for layer, name in names.items():
-                    keys = got[name][mask][:take].to(dtype)
-                    acc[layer].addmm_(keys.T, keys)
+                    _add_outer(acc[layer], got[name][mask][:take].to(dtype))
                 count += take
                 advance(take)
                 if count >= n_samples:
@@ -246,7 +245,23 @@ def compute_second_moments(
     if count < dim:
         warnings.warn(f"second moment from {count} tokens for keys of width {dim}: the matrix is singular; "
                       "use a larger corpus", stacklevel=2)
-    return {layer: SecondMoment(layer, (m / count).cpu(), count) for layer, m in acc.items()}
+    return {layer: SecondMoment(layer, (_symmetric(m) / count).cpu(), count) for layer, m in acc.items()}
+
+
+_BLOCKS = 4  # column blocks of the keys; only the blocks on and above the diagonal of K^T K are computed
+
+
+def _add_outer(acc: torch.Tensor, keys: torch.Tensor) -> None:
+    """acc += keys^T keys, upper block triangle only (about 5/8 of the multiply-adds for 4 blocks)."""
+    dim = keys.shape[1]
+    step = -(-dim // _BLOCKS)
+    for start in range(0, dim, step):
+        acc[start: start + step, start:].addmm_(keys[:, start: start + step].T, keys[:, start:])
+
+
+def _symmetric(upper: torch.Tensor) -> torch.Tensor:
+    """The full matrix from ``_add_outer``'s upper block triangle (its diagonal blocks are complete)."""
+    return torch.triu(upper) + torch.triu(upper, 1).T
 
 
 # --------------------------------------------------------------------------------------------------------
