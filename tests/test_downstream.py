@@ -100,7 +100,7 @@ def write(path: Path, text: str) -> Path:
 
 @needs_glue
 @pytest.mark.parametrize(("name", "total", "positive", "negative"),
-                         [("sst2", 872, 444, 428), ("mrpc", 408, 279, 129), ("rte", 277, 146, 131),
+                         [("sst2", 872, 444, 428), ("mrpc", 408, 279, 129), ("rte", 277, 131, 146),
                           ("cola", 1043, 719, 324)])
 def test_glue_dev_sets_counts_and_balance(name, total, positive, negative):
     examples = load_glue(name, GLUE_DIR)
@@ -116,9 +116,10 @@ def test_glue_first_rows_and_rte_mapping():
     assert sst2 == Example({"sentence": "it 's a charming and often affecting journey ."}, 1)
     mrpc = load_glue("mrpc", GLUE_DIR)[0]  # an unbalanced quote: GLUE files are read without quoting
     assert mrpc.fields["sentence2"].startswith('"The foodservice pie business') and mrpc.label == 1
-    rte = load_glue("rte", GLUE_DIR)  # Hugging Face export: label 0 = entailment -> True (1)
-    assert rte[0].fields["hypothesis"] == "Christopher Reeve had an accident." and rte[0].label == 0
-    assert rte[1].fields["hypothesis"] == "Bacteria is winning the war against antibiotics." and rte[1].label == 1
+    # Hugging Face export: label 0 = entailment -> " False" (0), as the paper's protocol (see RTE_DEMOS)
+    rte = load_glue("rte", GLUE_DIR)
+    assert rte[0].fields["hypothesis"] == "Christopher Reeve had an accident." and rte[0].label == 1
+    assert rte[1].fields["hypothesis"] == "Bacteria is winning the war against antibiotics." and rte[1].label == 0
     assert any('""' not in ex.fields["premise"] and '"' in ex.fields["premise"] for ex in rte)  # quotes undone
 
 

@@ -287,3 +287,17 @@ def test_presets_and_default_layers(tmp_path):
     assert resolve_hparams("ft-l", FtHparams, model, anatomy).layer == 2
     assert resolve_hparams("memit", MemitHparams, model, anatomy).layers == [0, 1]
     assert resolve_hparams("memit", MemitHparams, model, anatomy, {"layers": [2]}).layers == [2]
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "ft-l"])
+def test_bfloat16_models_are_edited_with_float32_statistics(method, tok, texts):
+    model = random_model("llama", vocab_size=len(tok)).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ed = editor(model, tok, method, texts)
+    delta = ed.edit(requests()[:2])
+    assert all(torch.isfinite(u.matrix()).all() and u.matrix().dtype == torch.float32 for u in delta.updates.values())
+    if method != "ft-l":
+        layers = ed.hparams.layers if method == "memit" else [ed.hparams.layer]
+        assert all(c.dtype == torch.float32 for c in ed.context.second_moments(layers, ed.hparams).values())
+    delta.revert(model)
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)

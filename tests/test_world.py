@@ -117,7 +117,8 @@ def test_names_have_4_to_9_tokens_and_diverse_last_tokens(tokenizer):
 
 def test_held_out_templates_never_occur_in_training_text(world, tokenizer):
     spec = dataclasses.replace(SPECS["tiny"], filler_docs=50, skill_docs=200)
-    text = "\n".join(DataStream(spec, world, tokenizer).epoch_documents() + skill_training_texts(world, 200, 0))
+    docs = DataStream(spec, world, tokenizer).epoch_documents()
+    text = "\n".join([t for t, _ in docs] + skill_training_texts(world, 200, 0))
     for rel in world.relations:
         for t in rel.heldout_templates:
             for s in (*world.subjects, *world.skill_entities):
@@ -167,3 +168,13 @@ def test_skill_examples_are_balanced_and_split(world):
         assert subject_in(e.fields["premise"], world.skill_entities) in held_entities
     for e in train.balanced("paraphrase", 20):
         assert subject_in(e.fields["sentence1"], world.skill_entities) in train_entities
+
+
+def test_training_rows_weight_exactly_the_answers(world, tokenizer):
+    spec = dataclasses.replace(SPECS["tiny"], filler_docs=20, skill_docs=40, batch_size=8, answer_weight=4.0)
+    ids, weights = next(DataStream(spec, world, tokenizer).batches())
+    answers = {o for r in world.relations for o in r.objects}
+    answers |= {"positive", "negative", "Yes", "No", "True", "False"}
+    heavy = [tokenizer.decode([int(t)]).strip() for t, w in zip(ids.flatten(), weights.flatten()) if w == 4.0]
+    assert heavy and set(heavy) <= answers
+    assert set(weights.flatten().tolist()) <= {0.0, 1.0, 4.0}

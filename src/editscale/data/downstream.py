@@ -10,8 +10,8 @@ on its own lines (MRPC and NLI too, which the tables flatten to one line) and a 
 
 GLUE dev sets are read from a folder the user gives (the GLUE TSV layout, or a Hugging Face export as TSV
 with the ``datasets`` column names and numeric labels), or from the hub through ``datasets`` where a network
-exists. Label index 1 is the positive class everywhere: positive sentiment, paraphrase, entailment,
-acceptable.
+exists. Label index 1 is the positive class everywhere: positive sentiment, paraphrase, acceptable, and for RTE
+the label word " True", which the paper's protocol gives to *not* entailment (see ``RTE_DEMOS``).
 """
 
 from __future__ import annotations
@@ -132,9 +132,11 @@ COLA_DEMOS: tuple[Example, ...] = (
     Example({"sentence": "Mary will believe Susan, and you will Bob."}, 1),
     Example({"sentence": "You will Bob believe."}, 0),
 )
-# The answers as printed (False, True, False). Read as entailment they are inverted: the first and third
-# hypotheses follow from their premises. The authors' code scored Hugging Face label 0 (entailment) as
-# "False"; here entailment is True (label 1), so these demonstrations disagree with the evaluated labels.
+# The answers as printed (False, True, False). Read as entailment they are inverted (the first and third
+# hypotheses follow from their premises), and so is the authors' code, which scores Hugging Face label 0
+# (entailment) as "False". We reproduce the paper's protocol exactly and consistently: entailment is
+# " False" (label 0), not_entailment is " True" (label 1), so the demonstrations agree with the evaluated
+# labels and RTE figures are comparable with the paper's. F1's positive class for RTE is "True".
 RTE_DEMOS: tuple[Example, ...] = (
     Example({"premise": "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian and "
                         "Babylonian rulers by sending prisoners in Babylonia back to their original homelands and "
@@ -199,8 +201,8 @@ _GLUE: dict[str, _GlueTask] = {
         _GlueTask("rte", ("RTE", "rte"), RTE_FORMAT, RTE_DEMOS, (
             _Layout("GLUE TSV", frozenset({"index", "sentence1", "sentence2", "label"}),
                     {"premise": "sentence1", "hypothesis": "sentence2"}, "label",
-                    {"entailment": 1, "not_entailment": 0}),
-            _hf({"premise": "sentence1", "hypothesis": "sentence2"}, {"0": 1, "1": 0}),  # 0 = entailment
+                    {"entailment": 0, "not_entailment": 1}),  # the paper's (inverted) protocol, see RTE_DEMOS
+            _hf({"premise": "sentence1", "hypothesis": "sentence2"}, {"0": 0, "1": 1}),  # 0 = entailment
         )),
         _GlueTask("cola", ("CoLA", "cola"), COLA_FORMAT, COLA_DEMOS, (
             _Layout("GLUE TSV", frozenset(), {"sentence": "sentence"}, "label", _BINARY,

@@ -164,17 +164,23 @@ class SkillGenerator:
         self.rng.shuffle(out)
         return out
 
-    def training_text(self, task: str) -> str:
-        """One few-shot prompt with ``N_DEMOS`` random demonstrations and its answer."""
-        blocks = [self.example(task, self.rng.randrange(2)) for _ in range(N_DEMOS + 1)]
+    def training_text(self, task: str) -> tuple[str, list[tuple[int, int]]]:
+        """One few-shot prompt with ``N_DEMOS`` random demonstrations and its answer, and the character spans
+        of the label words."""
         fmt = FORMATS[task]
-        return fmt.separator.join(fmt.render_block(b, with_answer=True) for b in blocks)
+        text, spans = "", []
+        for i in range(N_DEMOS + 1):
+            ex = self.example(task, self.rng.randrange(2))
+            text += (fmt.separator if i else "") + fmt.render_block(ex, with_answer=True)
+            word = fmt.label_words[ex.label].strip()
+            spans.append((len(text) - len(word), len(text)))
+        return text, spans
 
 
 def skill_training_texts(world: World, n: int, seed: int) -> list[str]:
     """``n`` few-shot training prompts with answers, the four skills in equal shares."""
     gen = SkillGenerator(world, seed, "train")
-    return [gen.training_text(SKILL_NAMES[i % len(SKILL_NAMES)]) for i in range(n)]
+    return [gen.training_text(SKILL_NAMES[i % len(SKILL_NAMES)])[0] for i in range(n)]
 
 
 def write_skill_pool(model_dir: str | Path, world: World, seed: int, per_class: int = 250) -> None:

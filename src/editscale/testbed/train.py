@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from editscale.data.corpus import FillerGenerator, filler_words
@@ -66,26 +67,35 @@ def tokenizer_texts(spec: TestbedSpec) -> list[str]:
     return texts
 
 
-def fact_documents(world: World, rng: random.Random, filler: FillerGenerator) -> list[str]:
+Span = tuple[int, int]
+Document = tuple[str, list[Span]]  # text, and the character spans of its answers (objects, label words)
+
+
+def fact_documents(world: World, rng: random.Random, filler: FillerGenerator) -> list[Document]:
     """One epoch of fact text: every fact in its edit template and in one random trained frame.
 
     Sentences are grouped one to three to a document, and a third of the documents open with a filler
-    sentence, so that facts are seen both at the start of a text and inside one.
+    sentence, so that facts are seen both at the start of a text and inside one. Each object's span is kept.
     """
-    sentences = []
+    facts = []
     for s in world.subjects:
         for rel in world.relations:
             obj = world.facts[s][rel.relation_id]
-            sentences.append(render_fact(rel.edit_template, s, obj))
-            sentences.append(render_fact(rng.choice(rel.train_frames), s, obj))
-    rng.shuffle(sentences)
-    docs, i = [], 0
-    while i < len(sentences):
+            facts.append((rel.edit_template, s, obj))
+            facts.append((rng.choice(rel.train_frames), s, obj))
+    rng.shuffle(facts)
+    docs: list[Document] = []
+    i = 0
+    while i < len(facts):
         k = rng.randint(1, 3)
-        doc = " ".join(sentences[i:i + k])
-        if rng.random() < 1 / 3:
-            doc = filler.sentence() + " " + doc
-        docs.append(doc)
+        text = filler.sentence() if rng.random() < 1 / 3 else ""
+        spans: list[Span] = []
+        for template, s, obj in facts[i:i + k]:
+            prompt = template.replace("{}", s)
+            text = f"{text} {prompt}" if text else prompt
+            spans.append((len(text) + 1, len(text) + 1 + len(obj)))
+            text = f"{text} {obj}."
+        docs.append((text, spans))
         i += k
     return docs
 
@@ -115,41 +125,50 @@ class DataStream:
         self.eos = tokenizer.convert_tokens_to_ids(EOS)
         self.epoch = 0
 
-    def epoch_documents(self) -> list[str]:
+    def epoch_documents(self) -> list[Document]:
         docs = fact_documents(self.world, self.rng, self.filler)
-        docs += self.filler.paragraphs(self.spec.filler_docs)
+        docs += [(p, []) for p in self.filler.paragraphs(self.spec.filler_docs)]
         names = skills.SKILL_NAMES
         docs += [self.skills.training_text(names[i % len(names)]) for i in range(self.spec.skill_docs)]
         self.rng.shuffle(docs)
         return docs
 
-    def rows(self) -> Iterator[list[int]]:
-        """Rows of at most ``seq_len`` tokens, forever (a new epoch of documents when one runs out)."""
+    def rows(self) -> Iterator[tuple[list[int], list[float]]]:
+        """(token ids, loss weights) rows of at most ``seq_len`` tokens, forever (epoch after epoch).
+
+        Answer tokens (objects, label words) weigh ``spec.answer_weight``, every other token 1.
+        """
         n = self.spec.seq_len
         while True:
             self.epoch += 1
+            docs = self.epoch_documents()
+            enc = self.tok([text for text, _ in docs], return_offsets_mapping=True)
             row: list[int] = []
-            for ids in self.tok(self.epoch_documents())["input_ids"]:
-                ids = ids[: n - 1] + [self.eos]
+            weights: list[float] = []
+            for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], docs):
+                w = [self.spec.answer_weight if any(s < b and e > a for a, b in spans) else 1.0
+                     for s, e in offsets]
+                ids, w = ids[: n - 1] + [self.eos], w[: n - 1] + [1.0]
                 if len(row) + len(ids) > n:
-                    yield row
-                    row = []
+                    yield row, weights
+                    row, weights = [], []
                 row.extend(ids)
+                weights.extend(w)
             if row:
-                yield row
+                yield row, weights
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(input_ids, labels) batches; padding is labelled -100."""
+        """(input_ids, weights) batches, right-padded; padding weighs 0."""
         rows = self.rows()
         while True:
             chunk = [next(rows) for _ in range(self.spec.batch_size)]
-            width = max(len(r) for r in chunk)
+            width = max(len(r) for r, _ in chunk)
             ids = torch.full((len(chunk), width), self.eos, dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            for i, r in enumerate(chunk):
+            weights = torch.zeros((len(chunk), width))
+            for i, (r, w) in enumerate(chunk):
                 ids[i, : len(r)] = torch.tensor(r)
-                labels[i, : len(r)] = torch.tensor(r)
-            yield ids, labels
+                weights[i, : len(r)] = torch.tensor(w)
+            yield ids, weights
 
 
 # --- model ---------------------------------------------------------------------------------------------
@@ -192,8 +211,11 @@ def train_model(model: nn.Module, stream: DataStream, spec: TestbedSpec, progres
         for step in range(spec.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, spec)
-            ids, labels = next(batches)
-            loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+            ids, weights = next(batches)
+            logits = model(input_ids=ids, attention_mask=(weights > 0).long()).logits[:, :-1]
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+            w = weights[:, 1:].reshape(-1)
+            loss = (nll * w).sum() / w.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
