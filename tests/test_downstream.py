@@ -130,7 +130,7 @@ def test_balanced_seeded_subsets():
     assert a.examples == glue_task("rte", GLUE_DIR, n=200, seed=0).examples
     assert a.examples != glue_task("rte", GLUE_DIR, n=200, seed=1).examples
     assert len(glue_task("cola", GLUE_DIR, n=None).examples) == 1043
-    with pytest.raises(ConfigError, match=r"rte: only 131 examples of label 0.*n <= 262"):
+    with pytest.raises(ConfigError, match=r"rte: only 131 examples of label 1.*n <= 262"):
         glue_task("rte", GLUE_DIR, n=300)
 
 
@@ -150,8 +150,9 @@ def test_hugging_face_export_and_glue_layouts(tmp_path):
     assert load_glue("sst2", tmp_path) == [Example({"sentence": 'a "quoted"\tfield'}, 1),
                                            Example({"sentence": "plain one"}, 0)]
     assert [ex.label for ex in load_glue("mrpc", tmp_path)] == [1, 0]
-    assert load_glue("rte", tmp_path)[0] == Example({"premise": "P one.", "hypothesis": "H one."}, 1)
-    assert [ex.label for ex in load_glue("rte", tmp_path)] == [1, 0]
+    # entailment -> " False" (0), the paper's protocol
+    assert load_glue("rte", tmp_path)[0] == Example({"premise": "P one.", "hypothesis": "H one."}, 0)
+    assert [ex.label for ex in load_glue("rte", tmp_path)] == [0, 1]
     assert load_glue("cola", tmp_path) == [Example({"sentence": "Good one."}, 1),
                                            Example({"sentence": "Bad one the."}, 0)]
 
@@ -192,8 +193,8 @@ def test_hub_rows_use_the_hugging_face_labels(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     monkeypatch.setattr("editscale.model.loading.hub_reachable", lambda: True)
-    assert load_glue("rte") == [Example({"premise": "P.", "hypothesis": "H."}, 1),
-                                Example({"premise": "Q.", "hypothesis": "I."}, 0)]
+    assert load_glue("rte") == [Example({"premise": "P.", "hypothesis": "H."}, 0),
+                                Example({"premise": "Q.", "hypothesis": "I."}, 1)]
     assert calls == [("nyu-mll/glue", "rte", "validation")]
 
 
