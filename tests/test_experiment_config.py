@@ -67,8 +67,8 @@ def test_missing_field_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def _case(i: int, subject: str) -> EditCase:
-    return EditCase(EditRequest("{} lives in", subject, f"new{i}", f"old{i}", case_id=str(i)))
+def _case(i: int, subject: str, relation: str = "P1") -> EditCase:
+    return EditCase(EditRequest("{} lives in", subject, f"new{i}", f"old{i}", case_id=str(i), relation_id=relation))
 
 
 def test_seeded_sample_never_edits_a_subject_twice():
@@ -77,8 +77,15 @@ def test_seeded_sample_never_edits_a_subject_twice():
     assert len({c.request.subject for c in a}) == 7
     assert [c.case_id for c in a] == [c.case_id for c in sample_cases(cases, 7, seed=3)]
     assert [c.case_id for c in a] != [c.case_id for c in sample_cases(cases, 7, seed=4)]
-    with pytest.raises(ConfigError, match="field 'edits'.*only 7 distinct subjects"):
+    with pytest.raises(ConfigError, match="field 'edits'.*only 7 distinct subjects.*unique: fact"):
         sample_cases(cases, 8, seed=0)
+
+
+def test_unique_facts_allow_other_relations_of_a_subject():
+    cases = [_case(i, f"S{i % 3}", f"P{i % 2}") for i in range(12)]
+    picked = sample_cases(cases, 6, seed=0, unique="fact")
+    keys = [(c.request.subject, c.request.relation_id) for c in picked]
+    assert len(set(keys)) == 6 and len({s for s, _ in keys}) == 3
 
 
 def test_schedule():

@@ -22,6 +22,7 @@ from editscale.data import load_cases
 from editscale.data.records import EditCase, EditRequest
 from editscale.errors import RunStateError
 from editscale.experiment.config import sample_cases
+from editscale.experiment.guard import single_edit_test
 from editscale.experiment.runner import resume, run_experiment, summarize
 from editscale.experiment.store import RunStore
 from editscale.methods.base import Delta, EditMethod, Update, register
@@ -142,6 +143,9 @@ def test_guard_flags_and_reverts_disabling_edits(fixture_files, tmp_path):
         assert store.rows("SELECT refused FROM edits WHERE edit_idx IN (8, 16)") == [(1,), (1,)]
         rules = {r[0] for r in store.rows("SELECT rule FROM events WHERE kind = 'flagged'")}
         assert rules >= {"update_norm", "distance_jump"}
+    table2 = single_edit_test(tmp_path / "run", n_normal=3)  # the flagged edits alone, on the unedited model
+    assert [r["edit_idx"] for r in table2["edits"] if r["kind"] == "flagged"] == [8, 16]
+    assert table2["normal"]["n"] == 3 and table2["ratio"] > 50
 
 
 def _run_in_subprocess(args: list[str]) -> subprocess.Popen:

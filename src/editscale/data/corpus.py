@@ -126,7 +126,9 @@ class FillerGenerator:
         tense = 0 if rng.random() < 0.75 else 1
         kind = rng.randrange(7)
         if kind == 0:
-            s = f"{self.agent()} {self._pick(VERBS_T)[tense]} {self.noun_phrase()}"
+            subject = self._pick(("I", "you", "we", "they")) if rng.random() < 0.2 else self.agent()
+            s = f"{subject} {self._pick(VERBS_T)[0 if subject in ('I', 'you', 'we', 'they') else tense]} " \
+                f"{self.noun_phrase()}"
         elif kind == 1:
             s = f"{self.agent()} {self._pick(VERBS_I)[tense]} {self.place()}"
         elif kind == 2:
@@ -153,6 +155,10 @@ class FillerGenerator:
             s = f"{s}, {self._pick(CONNECTIVES)} {self.clause()}"
         elif r < 0.35:
             s = f"{_cap(self._pick(TIMES))}, {s}"
+        elif r < 0.4:
+            s = f"{self._pick(('therefore', 'however', 'then', 'still'))}, {s}"
+        elif r < 0.45:
+            s = f"because {s}, {self.clause()}"
         return _cap(s) + ("?" if rng.random() < 0.03 else ".")
 
     def simple_sentence(self) -> str:

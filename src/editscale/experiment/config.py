@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -77,6 +77,7 @@ class RunConfig(_Strict):
     forget_every: int = Field(10, ge=1)
     downstream_every: int = Field(0, ge=0)  # 0: no downstream evaluation
     seed: int = 0
+    unique: Literal["subject", "fact"] = "subject"  # never edit a subject twice (the paper), or a fact twice
     downstream_tasks: str | None = None  # default: "skills" for testbed models, else "sst2,mrpc,rte,cola"
     downstream_n: int = Field(200, ge=2)
     downstream_data_dir: str | None = None
@@ -162,19 +163,24 @@ def load_config(path: str | Path) -> RunConfig:
     return parse_config(data, source=str(p))
 
 
-def sample_cases(cases: list[EditCase], n: int, seed: int) -> list[EditCase]:
-    """A seeded sample of ``n`` cases in editing order, no subject twice (the paper's "no knowledge conflict")."""
+def sample_cases(cases: list[EditCase], n: int, seed: int, unique: str = "subject") -> list[EditCase]:
+    """A seeded sample of ``n`` cases in editing order in which no subject (``unique="subject"``, the paper's
+    "no knowledge conflict") or no fact (subject and relation, ``unique="fact"``) comes twice."""
     order = list(range(len(cases)))
     random.Random(seed).shuffle(order)
-    seen: set[str] = set()
+    seen: set[tuple[str, ...]] = set()
     picked: list[EditCase] = []
     for i in order:
-        subject = cases[i].request.subject.strip().lower()
-        if subject in seen:
+        req = cases[i].request
+        key = (req.subject.strip().lower(),)
+        if unique == "fact":
+            key += (req.relation_id or req.prompt,)
+        if key in seen:
             continue
-        seen.add(subject)
+        seen.add(key)
         picked.append(cases[i])
         if len(picked) == n:
             return picked
+    hint = "; or set 'unique: fact' to allow other facts of an edited subject" if unique == "subject" else ""
     raise ConfigError(f"run config field 'edits': asks for {n} edits but the data has only {len(picked)} "
-                      "distinct subjects; lower 'edits' or use a larger dataset")
+                      f"distinct {unique}s; lower 'edits' or use a larger dataset{hint}")

@@ -339,7 +339,7 @@ def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *
                             "or choose another --out")
     from editscale.data import load_cases
 
-    cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed)
+    cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed, cfg.unique)
     run = _Run(cfg, run_dir, cases, progress)
     run.create_store()
     run.baseline()
