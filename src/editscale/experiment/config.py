@@ -105,9 +105,13 @@ class RunConfig(_Strict):
 
     @property
     def tasks(self) -> str:
+        """The downstream tasks: as given, else a testbed model's skills, else the paper's four GLUE tasks."""
+        from editscale.methods.hparams import MANIFEST_FILE
+
         if self.downstream_tasks is not None:
             return self.downstream_tasks
-        return "skills" if self.model.startswith("testbed:") else "sst2,mrpc,rte,cola"
+        testbed = self.model.startswith("testbed:") or (Path(self.model).expanduser() / MANIFEST_FILE).is_file()
+        return "skills" if testbed else "sst2,mrpc,rte,cola"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -1,7 +1,7 @@
 """Downstream skills trained into the testbed models, in the paper's four few-shot formats.
 
 - ``sentiment`` (SST-2's format): short reviews built from a lexicon of positive and negative words;
-- ``paraphrase`` (MRPC's format): two renderings of one fact versus two different facts;
+- ``paraphrase`` (MRPC's format): two renderings of one fact versus two different facts of the same entity;
 - ``entailment`` (RTE's format): a premise of facts about an entity and a true or false statement about it;
 - ``acceptability`` (CoLA's format): well-formed filler sentences versus the same words scrambled.
 
@@ -119,13 +119,13 @@ class SkillGenerator:
         t1, s1 = self._render(i, e, obj)
         if label == 1:
             _, s2 = self._render(i, e, obj, exclude=t1)
-        elif rng.random() < 0.5:  # another entity, same relation and object
-            other = rng.choice([x for x in self.entities if x != e])
-            _, s2 = self._render(i, other, obj)
+        elif rng.random() < 0.5:  # the same entity and relation, another object
+            _, s2 = self._render(i, e, rng.choice([o for o in self.world.relations[i].objects if o != obj]),
+                                 exclude=t1)
         else:  # the same entity, another relation
             j = rng.choice([k for k in range(len(self.world.relations)) if k != i])
             _, s2 = self._render(j, e, rng.choice(self.world.relations[j].objects))
-        if rng.random() < 0.5 and label == 0:
+        if rng.random() < 0.5:
             s1, s2 = s2, s1
         return Example({"sentence1": s1, "sentence2": s2}, label)
 

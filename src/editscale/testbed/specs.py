@@ -37,7 +37,7 @@ class TestbedSpec:
     corpus_fact_share: float = 0.05  # fraction of corpus.txt lines that state world facts
     # architecture
     arch: Literal["gpt2", "llama"] = "gpt2"
-    vocab_size: int = 1024
+    vocab_size: int = 2048
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -45,9 +45,9 @@ class TestbedSpec:
     n_positions: int = 256
     # training
     steps: int = 1000
-    batch_size: int = 32
+    batch_size: int = 16
     seq_len: int = 128
-    lr: float = 2e-3
+    lr: float = 5e-3
     warmup: int = 100
     weight_decay: float = 0.0
     answer_weight: float = 5.0  # loss weight of answer tokens (fact objects, skill label words)
@@ -78,8 +78,17 @@ class TestbedSpec:
 
 
 SPECS: dict[str, TestbedSpec] = {
-    "tiny": TestbedSpec(name="tiny"),
-    "demo": TestbedSpec(name="demo", n_subjects=500, d_model=128, n_layers=4, d_mlp=1024, steps=3000),
+    # about a minute on 2 cores: for tests and quick looks; too narrow for local edits
+    "tiny": TestbedSpec(
+        name="tiny", n_subjects=60, n_skill_entities=100, n_background_names=300, filler_docs=100,
+        skill_docs=100, corpus_docs=600, d_model=64, n_layers=2, d_mlp=256, steps=800,
+        rome_layer=0, memit_layers=(0, 1),
+    ),
+    # up to 10 minutes on 2 cores: the model the editing experiments run on
+    "demo": TestbedSpec(
+        name="demo", n_subjects=400, filler_docs=400, skill_docs=200, corpus_docs=3000, d_model=128,
+        n_layers=4, d_mlp=1024, steps=3000, rome_layer=0, memit_layers=(0, 1),
+    ),
 }
 
 
