@@ -56,7 +56,10 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--data", default=None, help="records (default: --model when it is a testbed, else invented)")
     ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model:
         model, tok, _ = load_model(args.model)
         name = args.model
