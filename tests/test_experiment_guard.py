@@ -21,27 +21,34 @@ def test_median_rules_wait_for_history_then_fire():
     assert flags[0].threshold == 15.0 and "update_norm" in flags[0].detail
 
 
+def _started(cfg: GuardConfig, entropy: float | None, neighborhood: float | None) -> Guard:
+    g = Guard(cfg)
+    g.start(entropy, neighborhood)
+    return g
+
+
 def test_entropy_and_neighborhood_collapse():
-    g = Guard(GuardConfig(entropy_ratio=0.5, neighborhood_drop=0.3), baseline_entropy=4.0, neighborhood=0.9)
+    g = _started(GuardConfig(entropy_ratio=0.5, entropy_window=3, neighborhood_drop=0.3), 4.0, 0.9)
     assert [f.rule for f in g.check(_s(entropy=1.9))] == ["entropy"]
     assert g.check(_s(entropy=2.1)) == []
     assert [f.rule for f in g.check(_s(nb=0.5))] == ["neighborhood"]  # fell by 0.4 in one update
-    for nb in (0.8, 0.7, 0.6, 0.5):  # a gradual decline is no collapse
-        assert g.check(_s(nb=nb)) == []
-        g.accept(_s(nb=nb))
+    for v in (0.8, 0.7, 0.6, 0.5):  # a gradual decline is no collapse
+        assert g.check(_s(nb=v, entropy=4 * v)) == []
+        g.accept(_s(nb=v, entropy=4 * v))
     assert g.neighborhood == 0.5
     assert g.check(_s(nb=0.1))[0].threshold == 0.2
+    assert g.check(_s(entropy=1.3)) == [] and g.check(_s(entropy=1.1))  # median of the last 3: 2.4
 
 
 def test_disabled_guard_never_flags_and_state_round_trips():
-    off = Guard(GuardConfig(enabled=False, min_history=1), baseline_entropy=3.0, neighborhood=1.0)
+    off = _started(GuardConfig(enabled=False, min_history=1), 3.0, 1.0)
     off.accept(_s())
     assert off.check(_s(norm=1e9, entropy=0.0, nb=0.0)) == []
-    g = Guard(GuardConfig(min_history=1), baseline_entropy=3.0, neighborhood=0.9)
-    g.accept(_s(norm=2.0, nb=0.8))
+    g = _started(GuardConfig(min_history=1), 3.0, 0.9)
+    g.accept(_s(norm=2.0, nb=0.8, entropy=2.5))
     h = Guard(GuardConfig(min_history=1))
     h.load_state_dict(g.state_dict())
-    assert (h.baseline_entropy, h.neighborhood, h.norms, h.jumps) == (3.0, 0.8, [2.0], [1.0])
+    assert (h.entropies, h.neighborhood, h.norms, h.jumps) == ([3.0, 2.5], 0.8, [2.0], [1.0])
 
 
 def test_weight_distance_normalizes_by_neurons():

@@ -14,8 +14,8 @@ from editscale.errors import ConfigError, DataLoadError, ModelLoadError
 from editscale.testbed import registry
 from editscale.testbed.skills import SKILL_NAMES, skill_tasks
 from editscale.testbed.specs import SPECS, TestbedSpec, get_spec
-from editscale.testbed.train import MANIFEST_FILE, tokenizer_texts
 from editscale.testbed.tokenizer import train_tokenizer
+from editscale.testbed.train import MANIFEST_FILE, tokenizer_texts
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from editscale.data.world import FRAMES, build_world, generate_names, make_relat
 from editscale.errors import ConfigError, DataLoadError
 from editscale.testbed.skills import SKILL_NAMES, SkillGenerator, skill_training_texts
 from editscale.testbed.specs import SPECS
-from editscale.testbed.train import DataStream, corpus_lines, tokenizer_texts
 from editscale.testbed.tokenizer import train_tokenizer
+from editscale.testbed.train import DataStream, corpus_lines, tokenizer_texts
 
 N = 48
 
@@ -107,12 +107,12 @@ def test_names_have_4_to_9_tokens_and_diverse_last_tokens(tokenizer):
     def pieces(s):
         return tokenizer.tokenize(s)
 
-    names = generate_names(300, seed=0, tokenize=pieces)
+    names = generate_names(250, seed=0, tokenize=pieces)
     lengths = [len(pieces(" " + n)) for n in names]
     assert min(lengths) >= 4 and max(lengths) <= 9
     last = Counter(pieces(" " + n)[-1] for n in names)
     assert len(last) >= 100
-    assert max(last.values()) <= 3
+    assert max(last.values()) == 1
 
 
 def test_held_out_templates_never_occur_in_training_text(world, tokenizer):

@@ -187,7 +187,8 @@ def generate_names(
 
     ``tokenize(" " + name)`` gives the pieces (the tokens a name has mid-sentence); without it each syllable
     is one piece. At most ``max_per_last_token`` names share a last piece (default: as few as the supply
-    allows, relaxed automatically when candidates run out).
+    allows, one when possible, relaxed only when 5,000 candidates in a row are refused). A subject's key at
+    the edited layer is dominated by its last token, so subjects that share one are edited together.
     """
     rng = random.Random(seed)
     exclude = set(exclude or ())
@@ -206,7 +207,7 @@ def generate_names(
             continue
         if last_counts[pieces[-1]] >= cap:
             misses += 1
-            if max_per_last_token is None and misses > 200:
+            if max_per_last_token is None and misses > 5000:
                 cap, misses = cap + 1, 0
             continue
         misses = 0

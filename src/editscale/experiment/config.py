@@ -46,7 +46,8 @@ class GuardConfig(_Strict):
     - the jump it causes in an edited matrix's distance from the original exceeds ``distance_factor`` x the
       running median of earlier jumps (both median rules start after ``min_history`` updates), or
     - generation entropy (ROME's n-gram entropy of ``entropy_tokens`` sampled tokens after
-      ``entropy_prompts`` fixed prompts) falls below ``entropy_ratio`` x its value on the unedited model, or
+      ``entropy_prompts`` fixed prompts) falls below ``entropy_ratio`` x the median of its last
+      ``entropy_window`` values (the unedited model's first), or
     - the neighborhood score of a fixed probe (the neighborhood prompts of the last ``probe_cases`` cases of
       the plan) falls by more than ``neighborhood_drop`` in this one update.
 
@@ -59,11 +60,12 @@ class GuardConfig(_Strict):
     norm_factor: float = Field(10.0, gt=1.0)
     distance_factor: float = Field(10.0, gt=1.0)
     min_history: int = Field(5, ge=1)
-    entropy_ratio: float = Field(0.6, ge=0.0, le=1.0)
-    entropy_prompts: int = Field(4, ge=0)
-    entropy_tokens: int = Field(30, ge=5)
+    entropy_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    entropy_window: int = Field(10, ge=1)
+    entropy_prompts: int = Field(2, ge=0)
+    entropy_tokens: int = Field(20, ge=5)
     neighborhood_drop: float = Field(0.3, gt=0.0, le=1.0)
-    probe_cases: int = Field(8, ge=0)
+    probe_cases: int = Field(5, ge=0)
 
 
 class RunConfig(_Strict):
@@ -84,6 +86,7 @@ class RunConfig(_Strict):
     eval_batch_size: int = Field(64, ge=1)
     dtype: str | None = None
     device: str | None = None
+    threads: int | None = Field(None, ge=1)  # torch CPU threads (default: torch's); a resume uses the run's
     checkpoint: bool = True  # write a checkpoint at every re-check point (needed for --resume)
     guard: GuardConfig = Field(default_factory=GuardConfig)
 

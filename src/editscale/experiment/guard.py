@@ -6,7 +6,8 @@ After every update the runner hands the guard what it measured; the guard flags 
 - ``distance_jump``: the largest increase it caused in an edited matrix's distance from the original exceeds
   ``distance_factor`` x the running median of earlier updates' jumps;
 - ``entropy``: generation entropy (ROME's n-gram entropy of sampled continuations of a few fixed prompts)
-  fell below ``entropy_ratio`` x the unedited model's;
+  fell below ``entropy_ratio`` x the median of its last ``entropy_window`` values (a sudden collapse, not
+  the gradual decline sequential editing brings anyway);
 - ``neighborhood``: the neighborhood score of a fixed probe set fell by more than ``neighborhood_drop`` in
   this one update (a fixed probe, since one edit's own few neighbourhood prompts are too noisy to judge by).
 
@@ -57,17 +58,20 @@ class UpdateSignals:
 class Guard:
     """Detector of disabling updates; its history is part of a run's checkpoint.
 
-    ``baseline_entropy`` and ``neighborhood`` start as the unedited model's values; ``neighborhood`` then
-    follows the probe score after every kept update.
+    ``start(entropy, neighborhood)`` gives it the unedited model's values; ``neighborhood`` then follows the
+    probe score after every kept update, and ``entropies`` collects the generation entropies.
     """
 
-    def __init__(self, cfg: GuardConfig, baseline_entropy: float | None = None,
-                 neighborhood: float | None = None) -> None:
+    def __init__(self, cfg: GuardConfig) -> None:
         self.cfg = cfg
-        self.baseline_entropy = baseline_entropy
-        self.neighborhood = neighborhood
+        self.neighborhood: float | None = None
+        self.entropies: list[float] = []
         self.norms: list[float] = []
         self.jumps: list[float] = []
+
+    def start(self, entropy: float | None, neighborhood: float | None) -> None:
+        self.entropies = [] if entropy is None else [entropy]
+        self.neighborhood = neighborhood
 
     def _median_rule(self, rule: str, value: float, history: list[float], factor: float) -> Flag | None:
         if len(history) < self.cfg.min_history or math.isnan(value):
@@ -83,8 +87,8 @@ class Guard:
             self._median_rule("update_norm", s.update_norm, self.norms, self.cfg.norm_factor),
             self._median_rule("distance_jump", s.distance_jump, self.jumps, self.cfg.distance_factor),
         ]
-        if s.entropy is not None and self.baseline_entropy is not None:
-            threshold = self.cfg.entropy_ratio * self.baseline_entropy
+        if s.entropy is not None and self.entropies:
+            threshold = self.cfg.entropy_ratio * statistics.median(self.entropies[-self.cfg.entropy_window:])
             if s.entropy < threshold:
                 flags.append(Flag("entropy", s.entropy, threshold))
         if s.neighborhood is not None and self.neighborhood is not None:
@@ -97,16 +101,18 @@ class Guard:
         """Add a kept update to the history."""
         self.norms.append(s.update_norm)
         self.jumps.append(s.distance_jump)
+        if s.entropy is not None:
+            self.entropies.append(s.entropy)
         if s.neighborhood is not None:
             self.neighborhood = s.neighborhood
 
     def state_dict(self) -> dict[str, Any]:
-        return {"baseline_entropy": self.baseline_entropy, "neighborhood": self.neighborhood,
-                "norms": list(self.norms), "jumps": list(self.jumps)}
+        return {"neighborhood": self.neighborhood, "entropies": list(self.entropies), "norms": list(self.norms),
+                "jumps": list(self.jumps)}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.baseline_entropy = d["baseline_entropy"]
         self.neighborhood = d["neighborhood"]
+        self.entropies = list(d["entropies"])
         self.norms = list(d["norms"])
         self.jumps = list(d["jumps"])
 

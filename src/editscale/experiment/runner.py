@@ -187,7 +187,7 @@ class _Run:
     def create_store(self) -> None:
         store = RunStore.in_dir(self.run_dir, create=True)
         store.set_meta(config=self.cfg.to_dict(), hparams=self.editor.hparams.to_dict(),
-                       versions=package_versions(), fingerprint=self.fingerprint,
+                       versions=package_versions(), fingerprint=self.fingerprint, threads=torch.get_num_threads(),
                        created=datetime.now(UTC).isoformat(timespec="seconds"), status="running")
         store.write_plan((i + 1, (i // self.cfg.batch) + 1, c.case_id, c.request.subject, c.to_dict())
                          for i, c in enumerate(self.cases))
@@ -203,8 +203,7 @@ class _Run:
         self.store.set_meta(baseline=baseline)
 
     def set_baseline(self, baseline: dict[str, float | None]) -> None:
-        self.guard.baseline_entropy = baseline["entropy"]
-        self.guard.neighborhood = baseline["neighborhood"]
+        self.guard.start(baseline["entropy"], baseline["neighborhood"])
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Bring model, method state, RNGs and loop state to where the checkpoint was taken."""
@@ -340,6 +339,8 @@ def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *
     from editscale.data import load_cases
 
     cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed, cfg.unique)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     run = _Run(cfg, run_dir, cases, progress)
     run.create_store()
     run.baseline()
@@ -359,6 +360,7 @@ def resume(out_dir: str | Path, *, progress: bool | None = None) -> dict[str, An
     cfg = parse_config(meta["config"], source=f"stored config of {run_dir}")
     cases = [EditCase.from_dict(d) for d in store.plan()]
     store.close()
+    torch.set_num_threads(meta["threads"])  # CPU results can depend on the thread count
     run = _Run(cfg, run_dir, cases, progress)
     if run.fingerprint != meta["fingerprint"]:
         raise RunStateError(f"model {cfg.model!r} is not the model this run started with (fingerprint "

@@ -67,7 +67,7 @@ class Rome(EditMethod):
         prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
         weight_name = anatomy.weight_name(layer)
         applied: list[Delta] = []
-        lefts, rights, info = [], [], {"target_loss": [], "target_steps": [], "delta_norm": []}
+        lefts, rights, info = [], [], {"target_loss": [], "target_nll": [], "target_steps": [], "delta_norm": []}
         try:
             for item in items:
                 r1, res = self._one(ctx, item, prefixes, cov)

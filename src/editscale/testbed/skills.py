@@ -2,7 +2,7 @@
 
 - ``sentiment`` (SST-2's format): short reviews built from a lexicon of positive and negative words;
 - ``paraphrase`` (MRPC's format): two renderings of one fact versus two different facts of the same entity;
-- ``entailment`` (RTE's format): a premise of facts about an entity and a true or false statement about it;
+- ``entailment`` (RTE's format): a fact about an entity as the premise, a true or false restatement of it;
 - ``acceptability`` (CoLA's format): well-formed filler sentences versus the same words scrambled.
 
 Paraphrase and entailment use the world's *skill entities*, which never appear in edit records, and only
@@ -132,13 +132,11 @@ class SkillGenerator:
     def entailment(self, label: int) -> Example:
         rng = self.rng
         e = rng.choice(self.entities)
-        idx = rng.sample(range(len(self.world.relations)), rng.randint(1, 2))
-        facts = [self._fact(e, i) for i in idx]
-        premise = " ".join(self._render(i, e, o)[1] for i, _, o in facts)
-        i, _, obj = rng.choice(facts)
+        i, _, obj = self._fact(e)
+        template, premise = self._render(i, e, obj)
         if label == 0:
             obj = rng.choice([o for o in self.world.relations[i].objects if o != obj])
-        hypothesis = self._render(i, e, obj)[1]
+        hypothesis = self._render(i, e, obj, exclude=template)[1]
         return Example({"premise": premise, "hypothesis": hypothesis}, label)
 
     def acceptability(self, label: int) -> Example:
@@ -146,7 +144,7 @@ class SkillGenerator:
         while True:
             text = self.filler.simple_sentence()
             words = text[:-1].split()
-            if len(words) < 4 or not self._in_split(text):
+            if len(words) < 5 or not self._in_split(text):
                 continue
             if label == 1:
                 return Example({"sentence": text}, 1)

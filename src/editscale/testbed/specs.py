@@ -31,8 +31,8 @@ class TestbedSpec:
     n_skill_entities: int = 400
     n_background_names: int = 2000
     # data mix, in documents per epoch (facts: every fact once in its edit template, once in a trained frame)
-    filler_docs: int = 2000
-    skill_docs: int = 1000
+    filler_docs: int = 400
+    skill_docs: int = 200
     corpus_docs: int = 3000  # corpus.txt, for second-moment statistics
     corpus_fact_share: float = 0.05  # fraction of corpus.txt lines that state world facts
     # architecture
@@ -86,8 +86,8 @@ SPECS: dict[str, TestbedSpec] = {
     ),
     # up to 10 minutes on 2 cores: the model the editing experiments run on
     "demo": TestbedSpec(
-        name="demo", n_subjects=400, filler_docs=400, skill_docs=200, corpus_docs=3000, d_model=128,
-        n_layers=4, d_mlp=1024, steps=3000, rome_layer=0, memit_layers=(0, 1),
+        name="demo", n_subjects=300, filler_docs=400, skill_docs=300, corpus_docs=3000, d_model=128,
+        n_layers=4, d_mlp=1024, steps=2500, rome_layer=0, memit_layers=(0, 1),
     ),
 }
 
