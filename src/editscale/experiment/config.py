@@ -62,7 +62,7 @@ class GuardConfig(_Strict):
     min_history: int = Field(5, ge=1)
     entropy_ratio: float = Field(0.5, ge=0.0, le=1.0)
     entropy_window: int = Field(10, ge=1)
-    entropy_prompts: int = Field(2, ge=0)
+    entropy_prompts: int = Field(4, ge=0)
     entropy_tokens: int = Field(20, ge=5)
     neighborhood_drop: float = Field(0.3, gt=0.0, le=1.0)
     probe_cases: int = Field(5, ge=0)

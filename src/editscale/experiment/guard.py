@@ -119,9 +119,9 @@ class Guard:
 
 def generation_entropy(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
                        seed: int = 0) -> float:
-    """Mean n-gram entropy of seeded top-k samples of ``prompts`` (the same draws every time for a seed)."""
-    texts = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
-    return mean_ngram_entropy([t.removeprefix(p) for t, p in zip(texts, prompts)])
+    """Mean n-gram entropy of seeded top-k samples of ``prompts``, prompt included (as ROME's generation
+    test), with the same draws every time for a seed."""
+    return mean_ngram_entropy(generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed))
 
 
 def weight_distance(current: torch.Tensor, original: torch.Tensor) -> tuple[float, float, int]:
@@ -149,6 +149,7 @@ def single_edit_test(run_dir: str | Path, n_normal: int = 10) -> dict[str, Any]:
     from editscale.data.records import EditCase
     from editscale.eval.counterfact import evaluate_cases
     from editscale.experiment.config import parse_config
+    from editscale.experiment.runner import entropy_prompts
     from editscale.experiment.store import RunStore
     from editscale.methods.base import EditState
     from editscale.model.loading import load_model
@@ -166,9 +167,7 @@ def single_edit_test(run_dir: str | Path, n_normal: int = 10) -> dict[str, Any]:
     normal = sorted(random.Random(cfg.seed).sample(normal_pool, min(n_normal, len(normal_pool))))
     model, tok, _ = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     editor = Editor(model, tok, cfg.method.name, cfg.method.hparams or None, seed=cfg.seed).prepare()
-    n_prompts = cfg.guard.entropy_prompts
-    prompts = list(dict.fromkeys([p for c in cases for p in c.generation_prompts]
-                                 or [c.request.text for c in cases]))[:n_prompts]
+    prompts = entropy_prompts(cases, cfg.guard.entropy_prompts)
     params = dict(model.named_parameters())
     rows = []
     for kind, updates in (("flagged", flagged), ("normal", normal)):

@@ -130,9 +130,11 @@ def _probe_case(case: EditCase) -> EditCase:
                                other_fact_prompts=())
 
 
-def _entropy_prompts(cases: Sequence[EditCase], n: int) -> list[str]:
-    """Fixed prompts for the guard's generation entropy: the cases' generation prompts, else edit prompts."""
-    prompts = [p for c in cases for p in c.generation_prompts] or [c.request.text for c in cases]
+def entropy_prompts(cases: Sequence[EditCase], n: int) -> list[str]:
+    """Fixed prompts for the guard's generation entropy: generation prompts (else edit prompts) of the cases
+    at the end of the plan, which are edited last or not at all."""
+    late = list(reversed(cases))
+    prompts = [p for c in late for p in c.generation_prompts] or [c.request.text for c in late]
     return list(dict.fromkeys(prompts))[:n]
 
 
@@ -164,7 +166,7 @@ class _Run:
         self.downstream = (_downstream_evaluator(cfg, self.model, self.tok) if cfg.downstream_every else None)
         self.guard = Guard(cfg.guard)
         on = cfg.guard.enabled
-        self.entropy_prompts = _entropy_prompts(cases, cfg.guard.entropy_prompts) if on else []
+        self.entropy_prompts = entropy_prompts(cases, cfg.guard.entropy_prompts) if on else []
         n_probe = cfg.guard.probe_cases if on else 0
         self.probe = [_probe_case(c) for c in cases[len(cases) - n_probe:] if c.neighborhood_prompts] if n_probe else []
         # carried between updates (and in checkpoints)
