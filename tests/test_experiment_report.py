@@ -26,7 +26,7 @@ def fake_run(run_dir, method: str, n: int = 60, flagged: int | None = 40) -> Non
             dist = [{"param": f"transformer.h.{layer}.mlp.c_proj.weight", "layer": layer, "n_neurons": 64,
                      "frobenius": 0.1 * u * (layer + 1), "normalized": 0.1 * u * (layer + 1) / 64,
                      "update_norm": 0.1} for layer in (0, 1)]
-            store.record_update(u, u, 0.01, 3.0, 0.9, False, [{"edit_idx": u, "case_id": str(u), **scores}], dist, events)
+            store.record_update(u, u, 0.01, 0.005, 3.0, 0.9, False, [{"edit_idx": u, "case_id": str(u), **scores}], dist, events)
             if u % 10 == 0:
                 store.record_recheck(u, u, {e: e % 3 != 0 for e in range(1, u)})
             if u % 20 == 0:

@@ -23,13 +23,14 @@ from editscale.data.records import EditCase, EditRequest
 from editscale.errors import RunStateError
 from editscale.experiment.config import sample_cases
 from editscale.experiment.guard import single_edit_test
-from editscale.experiment.runner import resume, run_experiment, summarize
+from editscale.experiment.runner import _Run, resume, run_experiment, summarize
 from editscale.experiment.store import RunStore
 from editscale.methods.base import Delta, EditMethod, Update, register
 from editscale.methods.hparams import HparamsBase
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
+from edit_helpers import corpus, small
 from tiny import bpe_tokenizer, random_model
 
 COMPARED = {  # per-edit results that must be identical after a resume
@@ -77,6 +78,7 @@ def make_fixture(root: Path, n_cases: int = 40) -> tuple[Path, Path]:
         tok = bpe_tokenizer()
         random_model("gpt2", vocab_size=len(tok), layers=2).save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
+        (model_dir / "corpus.txt").write_text("\n".join(corpus()) + "\n")  # for the methods' statistics
     rng = random.Random(0)
     words = ["Paris", "London", "Rome", "Tokyo", "Berlin", "Madrid"]
     with data.open("w") as f:
@@ -90,8 +92,8 @@ def make_fixture(root: Path, n_cases: int = 40) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def config(model_dir: Path, data: Path, **kw) -> dict:
-    return {"model": str(model_dir), "method": {"name": "test-noise", "hparams": kw.pop("hparams", {})},
+def config(model_dir: Path, data: Path, method: str = "test-noise", **kw) -> dict:
+    return {"model": str(model_dir), "method": {"name": method, "hparams": kw.pop("hparams", {})},
             "data": str(data), "edits": 30, "batch": 1, "forget_every": 5, "downstream_every": 0, "seed": 1,
             "guard": {"entropy_prompts": 2, "entropy_tokens": 5}, **kw}
 
@@ -231,3 +233,26 @@ def test_cli_run_resume_single_edit_test_and_errors(fixture_files, tmp_path, cap
     assert not (tmp_path / "bad").exists()
     code, _, err = _cli(capsys, "run", "--resume", str(tmp_path / "nothing"))
     assert code == 2 and "no results database" in err
+
+
+def test_rome_interrupted_and_resumed_matches(fixture_files, tmp_path, monkeypatch):
+    """With a real method: statistics and context prefixes come back the same in a new Editor."""
+    monkeypatch.setenv("EDITSCALE_HOME", str(tmp_path / "home"))
+    model_dir, data = fixture_files
+    cfg = config(model_dir, data, "rome", hparams=small("rome"), edits=12, forget_every=4)
+    run_experiment(cfg, tmp_path / "ref", progress=False)
+    step = _Run.step
+
+    def crash_at_7(self, u):
+        if u == 7:
+            raise KeyboardInterrupt
+        return step(self, u)
+
+    monkeypatch.setattr(_Run, "step", crash_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(_Run, "step", step)
+    with RunStore.in_dir(tmp_path / "run") as store:
+        assert store.last_update() == 6 and store.checkpoints()[0][0] == 4
+    resume(tmp_path / "run", progress=False)
+    assert dump(tmp_path / "run") == dump(tmp_path / "ref")

@@ -21,7 +21,7 @@ def _dist(param: str, frob: float) -> dict:
 
 def _fill(store: RunStore, n: int) -> None:
     for u in range(1, n + 1):
-        store.record_update(u, u, 0.1, 3.0, 0.9, False, [_edit(u, paraphrase=float("nan"))],
+        store.record_update(u, u, 0.1, 0.05, 3.0, 0.9, False, [_edit(u, paraphrase=float("nan"))],
                             [_dist("w", 0.1 * u)], [])
     store.record_recheck(2, 2, {1: True})
     store.record_downstream(0, 0, {"sst2": {"f1": 0.9, "n": 200}})
@@ -33,7 +33,7 @@ def test_round_trip_and_pandas(tmp_path):
         store.set_meta(config={"edits": 3}, fingerprint="abc", versions={"torch": "x"})
         store.write_plan([(1, 1, "c1", "S", {"x": 1}), (2, 1, "c2", "T", {"x": 2})])
         _fill(store, 3)
-        store.record_update(4, 4, 0.1, None, None, True, [_edit(4)], [_dist("w", 0.3)],
+        store.record_update(4, 4, 0.1, 0.05, None, None, True, [_edit(4)], [_dist("w", 0.3)],
                             [{"edit_idx": 4, "kind": "flagged", "rule": "update_norm", "value": 9.0,
                               "threshold": 1.0, "detail": "big"}])
     with RunStore.in_dir(tmp_path) as store:
@@ -55,7 +55,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     with RunStore.in_dir(tmp_path, create=True) as store:
         _fill(store, 2)
         with pytest.raises(sqlite3.IntegrityError):  # the edit row collides: the whole update is rolled back
-            store.record_update(3, 3, 0.1, None, None, False, [_edit(2)], [_dist("w", 0.3)], [])
+            store.record_update(3, 3, 0.1, 0.05, None, None, False, [_edit(2)], [_dist("w", 0.3)], [])
         assert store.last_update() == 2
         assert store.rows("SELECT COUNT(*) FROM distances")[0][0] == 2
         with pytest.raises(RuntimeError), store.transaction() as con:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from editscale.data.records import EditCase
 from editscale.eval.scoring import generate, mean_ngram_entropy
 from editscale.experiment.config import GuardConfig
 
@@ -117,6 +118,14 @@ class Guard:
         self.jumps = list(d["jumps"])
 
 
+def entropy_prompts(cases: Sequence[EditCase], n: int) -> list[str]:
+    """Fixed prompts for the guard's generation entropy: generation prompts (else edit prompts) of the cases
+    at the end of the plan, which are edited last or not at all."""
+    late = list(reversed(cases))
+    prompts = [p for c in late for p in c.generation_prompts] or [c.request.text for c in late]
+    return list(dict.fromkeys(prompts))[:n]
+
+
 def generation_entropy(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
                        seed: int = 0) -> float:
     """Mean n-gram entropy of seeded top-k samples of ``prompts``, prompt included (as ROME's generation
@@ -146,10 +155,8 @@ def single_edit_test(run_dir: str | Path, n_normal: int = 10) -> dict[str, Any]:
     and is reverted exactly before the next.
     """
     from editscale.api import Editor
-    from editscale.data.records import EditCase
     from editscale.eval.counterfact import evaluate_cases
     from editscale.experiment.config import parse_config
-    from editscale.experiment.runner import entropy_prompts
     from editscale.experiment.store import RunStore
     from editscale.methods.base import EditState
     from editscale.model.loading import load_model
@@ -189,8 +196,10 @@ def single_edit_test(run_dir: str | Path, n_normal: int = 10) -> dict[str, Any]:
 
     def group(kind: str) -> dict[str, Any]:
         sel = [r for r in rows if r["kind"] == kind]
-        mean = (lambda k: sum(r[k] for r in sel) / len(sel)) if sel else (lambda k: None)
-        return {"n": len(sel), "normalized": mean("normalized"), "frobenius": mean("frobenius")}
+        if not sel:
+            return {"n": 0, "normalized": None, "frobenius": None}
+        return {"n": len(sel), "normalized": sum(r["normalized"] for r in sel) / len(sel),
+                "frobenius": sum(r["frobenius"] for r in sel) / len(sel)}
 
     out = {"flagged": group("flagged"), "normal": group("normal"), "edits": rows}
     f, n = out["flagged"]["normalized"], out["normal"]["normalized"]

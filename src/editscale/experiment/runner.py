@@ -50,7 +50,13 @@ from editscale.experiment.checkpoint import (
     set_rng_states,
 )
 from editscale.experiment.config import RunConfig, load_config, parse_config, sample_cases
-from editscale.experiment.guard import Guard, UpdateSignals, generation_entropy, weight_distance
+from editscale.experiment.guard import (
+    Guard,
+    UpdateSignals,
+    entropy_prompts,
+    generation_entropy,
+    weight_distance,
+)
 from editscale.experiment.store import DB_NAME, EDIT_METRICS, RunStore
 from editscale.methods.base import Delta, EditState
 from editscale.progress import progress_bar
@@ -128,14 +134,6 @@ def _probe_case(case: EditCase) -> EditCase:
     """The case reduced to its neighbourhood prompts: the guard's fixed probe of unrelated facts."""
     return dataclasses.replace(case, paraphrase_prompts=(), attribute_prompts=(), generation_prompts=(),
                                other_fact_prompts=())
-
-
-def entropy_prompts(cases: Sequence[EditCase], n: int) -> list[str]:
-    """Fixed prompts for the guard's generation entropy: generation prompts (else edit prompts) of the cases
-    at the end of the plan, which are edited last or not at all."""
-    late = list(reversed(cases))
-    prompts = [p for c in late for p in c.generation_prompts] or [c.request.text for c in late]
-    return list(dict.fromkeys(prompts))[:n]
 
 
 def _downstream_evaluator(cfg: RunConfig, model: nn.Module, tokenizer) -> Callable[[], dict[str, dict[str, float]]]:
@@ -236,6 +234,7 @@ class _Run:
         batch = [self.cases[i - 1] for i in idx]
         state_before = self._snapshot_state() if self.cfg.guard.revert else None
         delta = self.editor.compute(batch)
+        compute_seconds = time.perf_counter() - t0
         self._keep_originals(delta)
         delta.apply(self.model)
         norms = delta.norms()
@@ -261,7 +260,7 @@ class _Run:
             events.append({"edit_idx": last_edit, "kind": "refused", "rule": ",".join(f.rule for f in flags),
                            "detail": "update reverted by the guard"})
         self.store.record_update(
-            u, last_edit, time.perf_counter() - t0, signals.entropy, signals.neighborhood, refused,
+            u, last_edit, time.perf_counter() - t0, compute_seconds, signals.entropy, signals.neighborhood, refused,
             edits=[{"edit_idx": i, "case_id": c.case_id, **{m: getattr(s, m) for m in EDIT_METRICS}}
                    for i, c, s in zip(idx, batch, scores)],
             distances=distances, events=events)

@@ -6,7 +6,8 @@ Tables (``pd.read_sql("SELECT * FROM edits", store.connection)`` or ``store.fram
 - ``plan``: the sampled edits in order: ``edit_idx``, ``update_idx``, ``case_id``, ``subject``, ``case_json``.
 - ``edits``: per edit, scored right after its update: efficacy / paraphrase / neighborhood, their magnitudes
   and top-1 accuracies, and ``refused`` (1 where the guard reverted the update).
-- ``updates``: per update: edits so far, seconds, refused, and the guard's measurements (where taken):
+- ``updates``: per update: edits so far, ``seconds`` in all and ``compute_seconds`` of them in the method,
+  refused, and the guard's measurements (where taken):
   generation ``entropy`` and ``probe_neighborhood``, the neighborhood score of a fixed probe set.
 - ``distances``: per update and edited matrix: ``frobenius`` = ||W - W_orig||_F, ``normalized`` =
   frobenius / ``n_neurons`` (the paper's distance), ``update_norm`` = ||this update||_F (0 where the matrix
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS edits (
     edit_idx INTEGER PRIMARY KEY, update_idx INTEGER NOT NULL, case_id TEXT NOT NULL,
     {", ".join(f"{m} REAL" for m in EDIT_METRICS)}, refused INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS updates (
-    update_idx INTEGER PRIMARY KEY, n_edits INTEGER NOT NULL, seconds REAL NOT NULL, entropy REAL,
+    update_idx INTEGER PRIMARY KEY, n_edits INTEGER NOT NULL, seconds REAL NOT NULL,
+    compute_seconds REAL NOT NULL, entropy REAL,
     probe_neighborhood REAL, refused INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS distances (
     update_idx INTEGER NOT NULL, param TEXT NOT NULL, layer INTEGER, n_neurons INTEGER NOT NULL,
@@ -146,6 +148,7 @@ class RunStore:
         update_idx: int,
         n_edits: int,
         seconds: float,
+        compute_seconds: float,
         entropy: float | None,
         probe_neighborhood: float | None,
         refused: bool,
@@ -155,9 +158,9 @@ class RunStore:
     ) -> None:
         """Everything measured for one update, in one transaction."""
         with self.transaction() as con:
-            con.execute("INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?)",
-                        (update_idx, n_edits, seconds, _nan_to_none(entropy), _nan_to_none(probe_neighborhood),
-                         int(refused)))
+            con.execute("INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (update_idx, n_edits, seconds, compute_seconds, _nan_to_none(entropy),
+                         _nan_to_none(probe_neighborhood), int(refused)))
             con.executemany(
                 f"INSERT INTO edits VALUES (?, ?, ?, {', '.join('?' for _ in EDIT_METRICS)}, ?)",
                 [(e["edit_idx"], update_idx, e["case_id"], *(_nan_to_none(e[m]) for m in EDIT_METRICS),

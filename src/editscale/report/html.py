@@ -68,12 +68,37 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
     runs = [load_run(d, label) for d, label in zip(dirs, labels)]
     images = write_plots(runs, out)
     rows = [run_summary_row(d, label) for d, label in zip(dirs, labels)]
+    flagged = {label: flagged_rows(d) for d, label in zip(dirs, labels)}
     page = out / "report.html"
-    page.write_text(_page(rows, images))
+    page.write_text(_page(rows, images, flagged))
     return page
 
 
-def _page(rows: list[dict[str, Any]], images: list[Path]) -> str:
+def flagged_rows(run_dir: Path, limit: int = 30) -> list[tuple[int, str, str]]:
+    """The first flagged updates of a run: (edit, rules that fired, whether the guard refused it)."""
+    with RunStore.in_dir(run_dir) as store:
+        rows = store.rows(
+            "SELECT edit_idx, GROUP_CONCAT(CASE WHEN kind = 'flagged' THEN rule || ' ' || printf('%.3g', value) "
+            "|| ' (threshold ' || printf('%.3g', threshold) || ')' END, '; '), MAX(kind = 'refused') FROM events "
+            "GROUP BY update_idx ORDER BY update_idx LIMIT ?", (limit,))
+    return [(e, rules or "", "refused" if refused else "kept") for e, rules, refused in rows]
+
+
+def _flagged_section(flagged: dict[str, list[tuple[int, str, str]]]) -> str:
+    parts = []
+    for label, rows in flagged.items():
+        if not rows:
+            continue
+        body = "".join(f"<tr><td>{e}</td><td>{html.escape(r)}</td><td>{k}</td></tr>" for e, r, k in rows)
+        parts.append(f"<h3>{html.escape(label)}</h3><table><thead><tr><th>edit</th><th>rules that fired"
+                     f"</th><th>update</th></tr></thead><tbody>{body}</tbody></table>")
+    if not parts:
+        return ""
+    return ("<h2>Flagged edits</h2><p>Possible disabling edits; <code>editscale single-edit-test RUN_DIR</code> "
+            "re-applies them alone to the unedited model.</p>" + "".join(parts))
+
+
+def _page(rows: list[dict[str, Any]], images: list[Path], flagged: dict[str, list[tuple[int, str, str]]]) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
     figures = "".join(
@@ -98,5 +123,6 @@ edits failing at the last re-check; flagged edits are possible disabling edits (
 run's results.sqlite).</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {figures}
+{_flagged_section(flagged)}
 </body></html>
 """

@@ -92,11 +92,13 @@ def _colors(n: int) -> list:
 
 
 def _mark_flagged(ax, run: RunData, x: np.ndarray, y: np.ndarray, color) -> None:
-    """Crosses at the flagged edits, on the run's curve (nearest measured point)."""
-    if not run.flagged or len(x) == 0:
+    """Crosses at the flagged edits, on the run's curve (interpolated between measured points)."""
+    ok = ~np.isnan(y)
+    if not run.flagged or not ok.any():
         return
-    pos = np.searchsorted(x, run.flagged).clip(0, len(x) - 1)
-    ax.scatter(np.array(run.flagged), y[pos], marker="x", s=50, color=color, zorder=5, linewidths=1.5)
+    flagged = np.array(run.flagged, dtype=float)
+    ax.scatter(flagged, np.interp(flagged, x[ok], y[ok]), marker="x", s=50, color=color, zorder=5,
+               linewidths=1.5)
 
 
 def _finish(fig, path: Path) -> Path:
