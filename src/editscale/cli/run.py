@@ -44,8 +44,7 @@ def run_command(
 ) -> None:
     """Edit a model sequentially as CONFIG says, measuring every edit; or continue a run with --resume.
 
-    Prints the scores over the last 50 edits, the fraction of earlier edits forgotten at the last re-check
-    and the flagged (possibly disabling) edits.
+    Prints the scores over the last 50 edits, the share of earlier edits forgotten and the flagged edits.
     """
     from editscale.experiment.runner import resume, run_experiment
 

@@ -48,8 +48,8 @@ class GuardConfig(_Strict):
     - generation entropy (ROME's n-gram entropy of ``entropy_tokens`` sampled tokens after
       ``entropy_prompts`` fixed prompts) falls below ``entropy_ratio`` x the median of its last
       ``entropy_window`` values (the unedited model's first), or
-    - the neighborhood score of a fixed probe (the neighborhood prompts of the last ``probe_cases`` cases of
-      the plan) falls by more than ``neighborhood_drop`` in this one update.
+    - the neighborhood score of a fixed probe (up to 4 neighborhood prompts of each of the last
+      ``probe_cases`` cases of the plan) falls by more than ``neighborhood_drop`` in this one update.
 
     With ``revert: true`` a flagged update is undone (exactly, by its Delta), recorded as refused, and the
     run goes on.
@@ -62,10 +62,10 @@ class GuardConfig(_Strict):
     min_history: int = Field(5, ge=1)
     entropy_ratio: float = Field(0.5, ge=0.0, le=1.0)
     entropy_window: int = Field(10, ge=1)
-    entropy_prompts: int = Field(4, ge=0)
+    entropy_prompts: int = Field(3, ge=0)
     entropy_tokens: int = Field(20, ge=5)
     neighborhood_drop: float = Field(0.3, gt=0.0, le=1.0)
-    probe_cases: int = Field(5, ge=0)
+    probe_cases: int = Field(6, ge=0)
 
 
 class RunConfig(_Strict):

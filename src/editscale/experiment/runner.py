@@ -131,9 +131,10 @@ def _recheck_case(case: EditCase) -> EditCase:
 
 
 def _probe_case(case: EditCase) -> EditCase:
-    """The case reduced to its neighbourhood prompts: the guard's fixed probe of unrelated facts."""
-    return dataclasses.replace(case, paraphrase_prompts=(), attribute_prompts=(), generation_prompts=(),
-                               other_fact_prompts=())
+    """The case reduced to a few of its neighbourhood prompts: part of the guard's fixed probe of unrelated
+    facts, small enough to score after every update."""
+    return dataclasses.replace(case, paraphrase_prompts=(), neighborhood_prompts=case.neighborhood_prompts[:4],
+                               attribute_prompts=(), generation_prompts=(), other_fact_prompts=())
 
 
 def _downstream_evaluator(cfg: RunConfig, model: nn.Module, tokenizer) -> Callable[[], dict[str, dict[str, float]]]:

@@ -220,8 +220,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "testbed": {
         "rome": {"context_lengths": [(5, 5), (10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
                  "v_steps": 25},
-        "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
-                  "mom2_update_weight": 15_000},
+        "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128},
         "ft-l": {"norm_constraint": 5e-3, "lr": 5e-3, "steps": 25},
         "ft-w": {"lr": 5e-3},
     },
@@ -284,6 +283,20 @@ def default_layers(method: str, n_layers: int, manifest: dict[str, Any] | None =
     return [min(n_layers - 1, round(n_layers * 5 / 28))]
 
 
+GPTJ_KEY_DIM = 16_384
+
+
+def scaled_defaults(cls: type[HparamsBase], kind: str, model: nn.Module, anatomy: Anatomy) -> dict[str, Any]:
+    """For models without a paper preset (testbed, generic): MEMIT's lambda scaled to the key width.
+
+    lambda weighs the preserved keys (lambda C) against the new ones (K^T K); a typical key has
+    k^T C^-1 k = key width, so GPT-J's balance (15,000 at width 16,384) is kept by scaling lambda with the width.
+    """
+    if kind not in ("testbed", "generic") or "mom2_update_weight" not in cls.model_fields:
+        return {}
+    return {"mom2_update_weight": round(15_000 * anatomy.key_dim(model) / GPTJ_KEY_DIM, 1)}
+
+
 def resolve_hparams(
     method: str,
     cls: type[HparamsBase],
@@ -307,8 +320,9 @@ def resolve_hparams(
         named = overrides.pop("method", None)
         if named is not None and named != method:
             raise ConfigError(f"the hyperparameters are for method {named!r}, not {method!r}")
-        preset = PRESETS.get(model_kind(model, manifest), {}).get(PRESET_ALIASES.get(method, method), {})
-        hp = cls.validated({**preset, **overrides})
+        kind = model_kind(model, manifest)
+        preset = PRESETS.get(kind, {}).get(PRESET_ALIASES.get(method, method), {})
+        hp = cls.validated({**scaled_defaults(cls, kind, model, anatomy), **preset, **overrides})
     n_layers = anatomy.n_layers(model)
     if "layers" in type(hp).model_fields:
         if hp.layers is None:
