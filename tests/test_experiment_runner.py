@@ -256,3 +256,20 @@ def test_rome_interrupted_and_resumed_matches(fixture_files, tmp_path, monkeypat
         assert store.last_update() == 6 and store.checkpoints()[0][0] == 4
     resume(tmp_path / "run", progress=False)
     assert dump(tmp_path / "run") == dump(tmp_path / "ref")
+
+
+def test_demo_plumbing(fixture_files, tmp_path, monkeypatch):
+    """``run_demo`` without the testbed: one run per method, the report, a rerun reuses finished runs."""
+    from editscale.experiment import runner
+    from editscale.model import loading
+
+    model_dir, data = fixture_files
+    monkeypatch.setattr(loading, "resolve_model_path", lambda name: str(model_dir))
+    monkeypatch.setattr(runner, "demo_config", lambda method, edits: runner.parse_config(
+        config(model_dir, data, method, edits=edits, forget_every=3)))
+    page = runner.run_demo(tmp_path / "demo", edits=6, methods=("test-noise",), progress=False)
+    assert page == tmp_path / "demo" / "report" / "report.html" and page.is_file()
+    assert summarize(tmp_path / "demo" / "test-noise")["edits"] == 6
+    assert runner.run_demo(tmp_path / "demo", edits=6, methods=("test-noise",), progress=False) == page
+    with pytest.raises(RunStateError, match="another config"):
+        runner.run_demo(tmp_path / "demo", edits=7, methods=("test-noise",), progress=False)

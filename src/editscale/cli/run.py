@@ -15,7 +15,7 @@ from editscale.errors import ConfigError
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
-def _print_summary(title: str, summary: dict[str, Any]) -> None:
+def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -28,7 +28,7 @@ def _print_summary(title: str, summary: dict[str, Any]) -> None:
             return ", ".join(map(str, v[:20])) + (f" ... ({len(v)} in all)" if len(v) > 20 else "") or "none"
         return str(v)
 
-    table = Table(title=title, show_header=False)
+    table = Table(title=f"run {run_dir}", caption="scores: mean over the last 50 edits", show_header=False)
     for key, v in summary.items():
         table.add_row(key, fmt(key, v))
     Console().print(table)
@@ -59,7 +59,7 @@ def run_command(
     if json_out:
         print_json(summary)
     else:
-        _print_summary(f"run {run_dir} (scores over the last 50 edits)", summary)
+        _print_summary(run_dir, summary)
         print(f"results: {run_dir}; plots: editscale report {run_dir}")
 
 
@@ -115,7 +115,7 @@ def single_edit_test_command(
 
 @app.command("demo")
 def demo_command(
-    edits: Annotated[int, typer.Option(help="Sequential edits per method.", min=10)] = 250,
+    edits: Annotated[int, typer.Option(help="Sequential edits per method.", min=10)] = 200,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path(
         "editscale-demo"),
 ) -> None:

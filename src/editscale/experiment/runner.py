@@ -10,12 +10,15 @@ update 0 is the unedited model (the downstream baseline). The schedule, per upda
 1. compute the update (the method's ``Delta``) and apply it;
 2. measure every matrix edited so far: Frobenius distance from its original, that distance over the layer's
    neurons (the paper's normalized distance), and this update's norm; score the new edits (efficacy,
-   paraphrase, neighborhood); measure generation entropy for the guard;
+   paraphrase, neighborhood); measure the guard's generation entropy and neighborhood probe;
 3. the guard flags a disabling update and, when configured, reverts it;
-4. ``u % forget_every == 0`` or the last update: re-check every earlier successful edit, then checkpoint;
-5. ``u % downstream_every == 0`` or the last update: downstream tasks.
+4. ``u % forget_every == 0`` or the last update: re-check every earlier successful edit;
+5. ``u % downstream_every == 0``, update 0 or the last update: downstream tasks;
+6. at every re-check point, a checkpoint (after everything of update ``u`` is stored).
 
-Only one copy of each edited matrix's original weights is kept, whatever the number of edits.
+Every update's results are written in one transaction; a resume drops whatever came after the last
+checkpoint and redoes it. Only one copy of each edited matrix's original weights is kept, whatever the number
+of edits.
 """
 
 from __future__ import annotations
@@ -413,7 +416,7 @@ def demo_config(method: str, edits: int) -> RunConfig:
                          "batch": 1, "forget_every": 10, "downstream_every": 50, "seed": 0})
 
 
-def run_demo(out_dir: str | Path, edits: int = 250, methods: Sequence[str] = DEMO_METHODS, *,
+def run_demo(out_dir: str | Path, edits: int = 200, methods: Sequence[str] = DEMO_METHODS, *,
              progress: bool | None = None) -> Path:
     """Build testbed:demo if needed, run each method on the same seeded sample into ``out_dir/METHOD``
     (continuing runs a killed demo left), and write the report into ``out_dir/report``; returns report.html."""
