@@ -71,6 +71,8 @@ def test_tiny_build_reaches_its_recall_and_writes_everything(tiny_testbed):
     assert set(m["skills"]) == set(SKILL_NAMES)
     assert isinstance(m["rome_layer"], int) and m["memit_layers"]
     assert m["train_seconds"] > 0 and m["sizes"]["parameters"] > 0
+    keys = m["key_statistics"][str(m["rome_layer"])]
+    assert 0 < keys["leak_subjects"] < 1 and keys["whitened_norm"] > 0
     for name in ("config.json", "model.safetensors", "tokenizer.json", "world.jsonl", "corpus.txt", "skills.json"):
         assert (tiny_testbed / name).is_file(), name
     lines = (tiny_testbed / "world.jsonl").read_text().splitlines()

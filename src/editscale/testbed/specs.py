@@ -43,6 +43,7 @@ class TestbedSpec:
     n_heads: int = 4
     d_mlp: int = 512
     n_positions: int = 256
+    activation: str = "gelu_new"  # the MLP nonlinearity (GPT-2's; "silu" is Llama's gate)
     # training
     steps: int = 1000
     batch_size: int = 16

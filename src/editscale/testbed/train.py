@@ -182,10 +182,11 @@ def make_model(spec: TestbedSpec, eos_id: int) -> nn.Module:
     if spec.arch == "llama":
         cfg = LlamaConfig(hidden_size=spec.d_model, intermediate_size=spec.d_mlp, num_hidden_layers=spec.n_layers,
                           num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_heads,
-                          max_position_embeddings=spec.n_positions, **common)
+                          max_position_embeddings=spec.n_positions, hidden_act=spec.activation, **common)
         return LlamaForCausalLM(cfg)
     cfg = GPT2Config(n_embd=spec.d_model, n_inner=spec.d_mlp, n_layer=spec.n_layers, n_head=spec.n_heads,
-                     n_positions=spec.n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+                     n_positions=spec.n_positions, activation_function=spec.activation, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0, **common)
     return GPT2LMHeadModel(cfg)
 
 
