@@ -29,11 +29,13 @@ def _root() -> None:
 
 
 # verbs register themselves on ``app`` when imported; one line per verb module
-from editscale.cli import evaluate  # noqa: F401
-from editscale.cli import edit  # noqa: F401
-from editscale.cli import downstream  # noqa: F401
-from editscale.cli import run  # noqa: F401
-from editscale.cli import testbed  # noqa: F401
+from editscale.cli import (
+    downstream,  # noqa: F401
+    edit,  # noqa: F401
+    evaluate,  # noqa: F401
+    run,  # noqa: F401
+    testbed,  # noqa: F401
+)
 
 
 def main(argv: list[str] | None = None) -> None:

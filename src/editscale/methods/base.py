@@ -19,9 +19,8 @@ from torch import nn
 from editscale.errors import ConfigError
 
 if TYPE_CHECKING:
-    from editscale.methods.context import EditContext
-
     from editscale.data.records import EditRequest
+    from editscale.methods.context import EditContext
 
 
 @dataclass
