@@ -17,3 +17,20 @@ def tiny_testbed() -> Path:
     from editscale.testbed.registry import ensure_built
 
     return ensure_built("tiny", progress=False)
+
+
+@pytest.fixture()
+def cli(capsys):
+    """Run the ``editscale`` CLI in-process: ``cli(*args) -> (exit code, stdout, stderr)``."""
+    from editscale.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

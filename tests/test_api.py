@@ -12,7 +12,6 @@ from tiny import bpe_tokenizer, random_model
 
 import editscale
 from editscale.api import Editor, evaluate_edits, to_requests
-from editscale.cli import main
 from editscale.data.records import EditRequest
 from editscale.errors import ConfigError, RecordError
 from editscale.methods.base import Delta
@@ -110,16 +109,14 @@ def test_evaluate_edits_is_the_single_edit_protocol(tok):
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------
-def _cli(capsys, *args) -> dict:
-    try:
-        main(list(args))
-    except SystemExit as e:
-        assert e.code in (0, None), capsys.readouterr().err
-    return json.loads(capsys.readouterr().out)
+def _cli(cli, *args) -> dict:
+    code, out, err = cli(*args)
+    assert code == 0, err
+    return json.loads(out)
 
 
-def test_cli_edit_one_fact_json_and_save(model_dir, tmp_path, capsys):
-    out = _cli(capsys, "edit", "--model", str(model_dir), "--method", "rome", "--prompt", "{} plays the sport of",
+def test_cli_edit_one_fact_json_and_save(model_dir, tmp_path, cli):
+    out = _cli(cli, "edit", "--model", str(model_dir), "--method", "rome", "--prompt", "{} plays the sport of",
                "--subject", "LeBron James", "--target", "football", "--target-true", "basketball",
                "--paraphrase", "What sport? LeBron James plays the sport of", "--set", "v_steps=4",
                "--set", "context_lengths=[[3, 2]]", "--stats-dir", str(tmp_path / "stats"),
@@ -142,31 +139,30 @@ def test_cli_edit_one_fact_json_and_save(model_dir, tmp_path, capsys):
     torch.testing.assert_close(original.state_dict()[name], edited.state_dict()[name])
 
 
-def test_cli_edit_records_in_batches(model_dir, tmp_path, capsys):
+def test_cli_edit_records_in_batches(model_dir, tmp_path, cli):
     data = tmp_path / "cases.jsonl"
     data.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in cases()))
-    out = _cli(capsys, "edit", "--model", str(model_dir), "--method", "memit", "--data", str(data), "--batch", "2",
+    out = _cli(cli, "edit", "--model", str(model_dir), "--method", "memit", "--data", str(data), "--batch", "2",
                "--set", "v_steps=3", "--set", "context_lengths=[[3, 2]]", "--stats-dir", str(tmp_path), "--json")
     assert out["n"] == 3 and len(out["edits"]) == 3 and out["update_norms"]
 
 
-def test_cli_eval_with_method(model_dir, tmp_path, capsys):
+def test_cli_eval_with_method(model_dir, tmp_path, cli):
     data = tmp_path / "cases.jsonl"
     data.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in cases()))
-    out = _cli(capsys, "eval", "--model", str(model_dir), "--data", str(data), "--method", "ft-l", "--set",
+    out = _cli(cli, "eval", "--model", str(model_dir), "--data", str(data), "--method", "ft-l", "--set",
                "steps=2", "--stats-dir", str(tmp_path), "--json")
     assert set(out) == {"method", "n", "pre", "post"} and out["method"] == "ft-l" and out["n"] == 3
     assert {"efficacy", "paraphrase", "neighborhood", "score"} <= set(out["post"])
 
 
-def test_cli_edit_errors(model_dir, capsys):
+def test_cli_edit_errors(model_dir, cli):
     for args, message in [
         (["--prompt", "{} x"], "missing --subject, --target"),
         (["--prompt", "{} x", "--subject", "a", "--target", "b", "--set", "layer"], "KEY=VALUE"),
         (["--prompt", "{} x", "--subject", "a", "--target", "b", "--set", "layer=99"], "layer 99 does not exist"),
     ]:
-        with pytest.raises(SystemExit) as e:
-            main(["edit", "--model", str(model_dir), "--method", "rome", *args])
-        assert e.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
+        code, _, err = cli("edit", "--model", str(model_dir), "--method", "rome", *args)
+        assert code == 2
+        err = err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err

@@ -13,7 +13,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
 import editscale.eval.downstream as ds
-from editscale.cli import main
 from editscale.data.downstream import (
     COLA_FORMAT,
     DEMOS,
@@ -374,16 +373,6 @@ def test_duplicate_names_and_skills_without_model_dir(tok):
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tok):
     d = tmp_path_factory.mktemp("lm")
@@ -401,8 +390,8 @@ def glue_dir(tmp_path):
     return tmp_path
 
 
-def test_cli_json(capsys, model_dir, glue_dir):
-    code, out, err = cli(capsys, "downstream", "--model", str(model_dir), "--tasks", "sst2,rte",
+def test_cli_json(cli, model_dir, glue_dir):
+    code, out, err = cli("downstream", "--model", str(model_dir), "--tasks", "sst2,rte",
                          "--data-dir", str(glue_dir), "--n", "4", "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -410,7 +399,7 @@ def test_cli_json(capsys, model_dir, glue_dir):
     assert all(r["n"] == 4 and 0 <= r["f1"] <= 1 and 0 <= r["accuracy"] <= 1 for r in result.values())
 
 
-def test_cli_table_and_skills(capsys, model_dir, monkeypatch):
+def test_cli_table_and_skills(cli, model_dir, monkeypatch):
     calls = []
 
     def skill_tasks(path, n=200, seed=0):
@@ -418,17 +407,17 @@ def test_cli_table_and_skills(capsys, model_dir, monkeypatch):
         return [FewShotTask("sentiment", SST2_FORMAT, DEMOS["sst2"], synthetic_sst2(n).examples)]
 
     monkeypatch.setitem(sys.modules, "editscale.testbed.skills", types.SimpleNamespace(skill_tasks=skill_tasks))
-    code, out, err = cli(capsys, "downstream", "--model", str(model_dir), "--tasks", "skills", "--n", "6")
+    code, out, err = cli("downstream", "--model", str(model_dir), "--tasks", "skills", "--n", "6")
     assert code == 0, err
     assert calls == [(str(model_dir), 6, 0)]
     assert "sentiment" in out and "F1" in out and "MCC" in out
 
 
-def test_cli_errors(capsys, tmp_path):
-    code, out, err = cli(capsys, "downstream", "--model", "unused", "--tasks", "sst2,squad")
+def test_cli_errors(cli, tmp_path):
+    code, out, err = cli("downstream", "--model", "unused", "--tasks", "sst2,squad")
     assert code == 2 and out == ""
     assert err.strip() == "error: unknown task 'squad'; valid tasks: sst2, mrpc, rte, cola, skills"
-    code, _, err = cli(capsys, "downstream", "--model", "unused", "--tasks", "cola", "--data-dir", str(tmp_path))
+    code, _, err = cli("downstream", "--model", "unused", "--tasks", "cola", "--data-dir", str(tmp_path))
     assert code == 2 and err.startswith("error: no cola dev set in") and err.count("\n") == 1
-    code, _, err = cli(capsys, "downstream", "--model", "unused", "--n", "3", "--data-dir", str(tmp_path))
+    code, _, err = cli("downstream", "--model", "unused", "--n", "3", "--data-dir", str(tmp_path))
     assert code == 2 and "multiple of 2" in err

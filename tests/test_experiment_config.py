@@ -25,7 +25,7 @@ def test_smallest_config_as_written(tmp_path):
     cfg = load_config(path)
     assert (cfg.model, cfg.method.name, cfg.method.hparams, cfg.edits, cfg.batch) == (
         "testbed:demo", "rome", {}, 1000, 1)
-    assert (cfg.forget_every, cfg.downstream_every, cfg.seed, cfg.n_updates) == (10, 50, 0, 1000)
+    assert (cfg.forget_every, cfg.downstream_every, cfg.seed, Schedule.of(cfg).n_updates) == (10, 50, 0, 1000)
     assert cfg.tasks == "skills"
     assert parse_config(cfg.to_dict()) == cfg
 
@@ -34,7 +34,7 @@ def test_method_as_mapping():
     cfg = parse_config({"model": "m", "method": {"name": "memit", "hparams": {"layers": [0, 1]}}, "data": "d",
                         "edits": 10, "batch": 4})
     assert cfg.method.name == "memit" and cfg.method.hparams == {"layers": [0, 1]}
-    assert cfg.n_updates == 3
+    assert Schedule.of(cfg).n_updates == 3
     assert cfg.tasks == "sst2,mrpc,rte,cola"
 
 

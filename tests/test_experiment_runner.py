@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from edit_helpers import corpus, small
 from pydantic import Field
+from tiny import bpe_tokenizer, random_model
 
 from editscale.data import load_cases
 from editscale.data.records import EditCase, EditRequest
@@ -29,10 +31,6 @@ from editscale.methods.base import Delta, EditMethod, Update, register
 from editscale.methods.hparams import HparamsBase
 
 TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))
-from edit_helpers import corpus, small
-from tiny import bpe_tokenizer, random_model
-
 COMPARED = {  # per-edit results that must be identical after a resume
     "edits": "SELECT * FROM edits ORDER BY edit_idx",
     "distances": "SELECT * FROM distances ORDER BY update_idx, param",
@@ -95,6 +93,7 @@ def make_fixture(root: Path, n_cases: int = 40) -> tuple[Path, Path]:
 def config(model_dir: Path, data: Path, method: str = "test-noise", **kw) -> dict:
     return {"model": str(model_dir), "method": {"name": method, "hparams": kw.pop("hparams", {})},
             "data": str(data), "edits": 30, "batch": 1, "forget_every": 5, "downstream_every": 0, "seed": 1,
+            "threads": 1,
             "guard": {"entropy_prompts": 2, "entropy_tokens": 5}, **kw}
 
 
@@ -160,7 +159,6 @@ def _run_in_subprocess(args: list[str]) -> subprocess.Popen:
 
 def subprocess_main(args: list[str]) -> None:
     """Entry point of the subprocesses: ``run CONFIG_JSON RUN_DIR`` or ``resume RUN_DIR``."""
-    torch.set_num_threads(1)
     if args[0] == "run":
         run_experiment(json.loads(Path(args[1]).read_text()), args[2], progress=False)
     else:
@@ -171,16 +169,11 @@ def test_resume_after_sigkill_is_identical(fixture_files, tmp_path):
     model_dir, data = fixture_files
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(config(model_dir, data, edits=30, hparams={"delay": 0.05})))
-    ref = _run_in_subprocess(["run", str(cfg_file), str(tmp_path / "ref")])
-    _, err = ref.communicate(timeout=300)
-    assert ref.returncode == 0, err
-    expected = dump(tmp_path / "ref")
-    assert len(expected["edits"]) == 30
-
     killed = tmp_path / "killed"
+    ref = _run_in_subprocess(["run", str(cfg_file), str(tmp_path / "ref")])  # the two run side by side
     proc = _run_in_subprocess(["run", str(cfg_file), str(killed)])
     rng = random.Random()
-    target = rng.randint(7, 24)  # kill somewhere after a few checkpoints, mid-run
+    target = rng.randint(7, 24)  # kill somewhere in the update after this one, mid-run
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         db = killed / "results.sqlite"
@@ -189,9 +182,14 @@ def test_resume_after_sigkill_is_identical(fixture_files, tmp_path):
                 if store.last_update() >= target:
                     break
         time.sleep(0.02)
-    assert proc.poll() is None, f"the run finished before it could be killed at update {target}"
+    time.sleep(rng.random() * 0.05)
+    assert proc.poll() is None, f"the run finished before it could be killed after update {target}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    expected = dump(tmp_path / "ref")
+    assert len(expected["edits"]) == 30
     with RunStore.in_dir(killed) as store:
         assert store.meta()["status"] == "running" and store.last_update() < 30
     res = _run_in_subprocess(["resume", str(killed)])
@@ -201,37 +199,28 @@ def test_resume_after_sigkill_is_identical(fixture_files, tmp_path):
     assert summarize(killed) == summarize(tmp_path / "ref")
 
 
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    from editscale.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
-def test_cli_run_resume_single_edit_test_and_errors(fixture_files, tmp_path, capsys):
+def test_cli_run_resume_single_edit_test_and_errors(fixture_files, tmp_path, cli):
     model_dir, data = fixture_files
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model: {model_dir}\nmethod: {{name: ft-l, hparams: {{steps: 2}}}}\ndata: {data}\n"
-                   "edits: 6\nbatch: 1\nforget_every: 3\ndownstream_every: 0\nseed: 0\n")
-    code, out, err = _cli(capsys, "run", str(cfg), "--out", str(tmp_path / "r"), "--json")
+                   "edits: 6\nbatch: 1\nforget_every: 3\ndownstream_every: 0\nseed: 0\nthreads: 1\n")
+    code, out, err = cli("run", str(cfg), "--out", str(tmp_path / "r"), "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert set(summary) >= {"edits", "efficacy", "paraphrase", "neighborhood", "forgotten", "flagged"}
     assert summary["edits"] == 6
-    code, out, _ = _cli(capsys, "run", "--resume", str(tmp_path / "r"), "--json")  # already complete
+    code, out, _ = cli("run", "--resume", str(tmp_path / "r"), "--json")  # already complete
     assert code == 0 and json.loads(out) == summary
-    code, out, err = _cli(capsys, "single-edit-test", str(tmp_path / "r"), "--normal", "2", "--json")
+    code, out, err = cli("single-edit-test", str(tmp_path / "r"), "--normal", "2", "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["flagged"]["n"] == 0 and result["normal"]["n"] == 2 and result["normal"]["normalized"] > 0
 
     cfg.write_text(cfg.read_text().replace("forget_every: 3", "forget_every: 0"))
-    code, out, err = _cli(capsys, "run", str(cfg), "--out", str(tmp_path / "bad"))
+    code, out, err = cli("run", str(cfg), "--out", str(tmp_path / "bad"))
     assert code == 2 and err.count("\n") == 1 and "field 'forget_every'" in err
     assert not (tmp_path / "bad").exists()
-    code, _, err = _cli(capsys, "run", "--resume", str(tmp_path / "nothing"))
+    code, _, err = cli("run", "--resume", str(tmp_path / "nothing"))
     assert code == 2 and "no results database" in err
 
 

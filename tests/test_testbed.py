@@ -115,21 +115,16 @@ def test_skill_tasks_are_balanced_held_out_few_shot_tasks(tiny_testbed, tmp_path
         skill_tasks(tmp_path)
 
 
-def test_cli_build_prints_json(tiny_testbed, capsys):
-    from editscale.cli import main
-
-    main(["testbed", "build", "tiny", "--json"])
-    out = json.loads(capsys.readouterr().out)
+def test_cli_build_prints_json(tiny_testbed, cli):
+    code, out, err = cli("testbed", "build", "tiny", "--json")
+    assert code == 0, err
+    out = json.loads(out)
     assert out["name"] == "tiny" and out["dir"] == str(tiny_testbed) and out["cached"] is True
     assert out["recall_train"] >= 0.95 and set(out["skills"]) == set(SKILL_NAMES)
     assert {"recall_heldout", "train_seconds", "rome_layer", "memit_layers"} <= set(out)
 
 
-def test_cli_unknown_testbed_is_one_line_error(capsys):
-    from editscale.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(["testbed", "build", "huge"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
+def test_cli_unknown_testbed_is_one_line_error(cli):
+    code, _, err = cli("testbed", "build", "huge")
+    assert code == 2
     assert err.startswith("error: unknown testbed 'huge'") and err.count("\n") == 1

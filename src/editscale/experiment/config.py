@@ -103,10 +103,6 @@ class RunConfig(_Strict):
         return v.strip()
 
     @property
-    def n_updates(self) -> int:
-        return -(-self.edits // self.batch)
-
-    @property
     def tasks(self) -> str:
         """The downstream tasks: as given, else a testbed model's skills, else the paper's four GLUE tasks."""
         from editscale.methods.hparams import MANIFEST_FILE

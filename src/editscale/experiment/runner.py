@@ -29,7 +29,8 @@ import platform
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -332,6 +333,18 @@ class _Run:
         prune_checkpoints(self.run_dir, keep=path)
 
 
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (None: as they are), restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *,
                    progress: bool | None = None) -> dict[str, Any]:
     """Run a sequential-editing experiment into ``out_dir`` (database, checkpoints); returns its summary."""
@@ -344,34 +357,43 @@ def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *
     from editscale.data import load_cases
 
     cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed, cfg.unique)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    run = _Run(cfg, run_dir, cases, progress)
-    run.create_store()
-    run.baseline()
-    seed_everything(cfg.seed)
-    run.loop(1)
+    with _torch_threads(cfg.threads):
+        run = _Run(cfg, run_dir, cases, progress)
+        run.create_store()
+        try:
+            run.baseline()
+            seed_everything(cfg.seed)
+            run.loop(1)
+        finally:
+            run.store.close()
     return summarize(run_dir)
 
 
 def resume(out_dir: str | Path, *, progress: bool | None = None) -> dict[str, Any]:
     """Continue a run from its last checkpoint (results after it are redone); returns its summary."""
     run_dir = Path(out_dir)
-    store = RunStore.in_dir(run_dir)
-    meta = store.meta()
+    with RunStore.in_dir(run_dir) as store:
+        meta = store.meta()
+        cases = [EditCase.from_dict(d) for d in store.plan()]
     if meta.get("status") == "complete":
-        store.close()
         return summarize(run_dir)
     cfg = parse_config(meta["config"], source=f"stored config of {run_dir}")
-    cases = [EditCase.from_dict(d) for d in store.plan()]
-    store.close()
-    torch.set_num_threads(meta["threads"])  # CPU results can depend on the thread count
-    run = _Run(cfg, run_dir, cases, progress)
-    if run.fingerprint != meta["fingerprint"]:
-        raise RunStateError(f"model {cfg.model!r} is not the model this run started with (fingerprint "
-                            f"{run.fingerprint} != {meta['fingerprint']}); resume needs the same weights")
-    run.open_store()
-    ckpts = [c for c in run.store.checkpoints() if (run_dir / c[2] / "info.json").is_file()]
+    with _torch_threads(meta["threads"]):  # CPU results can depend on the thread count
+        run = _Run(cfg, run_dir, cases, progress)
+        if run.fingerprint != meta["fingerprint"]:
+            raise RunStateError(f"model {cfg.model!r} is not the model this run started with (fingerprint "
+                                f"{run.fingerprint} != {meta['fingerprint']}); resume needs the same weights")
+        run.open_store()
+        try:
+            _continue(run, meta)
+        finally:
+            run.store.close()
+    return summarize(run_dir)
+
+
+def _continue(run: _Run, meta: dict[str, Any]) -> None:
+    """Bring a reopened run to its last checkpoint (or its start) and run it to the end."""
+    ckpts = [c for c in run.store.checkpoints() if (run.run_dir / c[2] / "info.json").is_file()]
     if "baseline" not in meta:
         run.baseline()
         first = 1
@@ -382,12 +404,11 @@ def resume(out_dir: str | Path, *, progress: bool | None = None) -> dict[str, An
     else:
         update_idx = ckpts[-1][0]
         run.store.truncate_after(update_idx)
-        run.restore(load_checkpoint(checkpoint_dir(run_dir, update_idx)))
+        run.restore(load_checkpoint(checkpoint_dir(run.run_dir, update_idx)))
         first = update_idx + 1
     if first == 1:
-        seed_everything(cfg.seed)
+        seed_everything(run.cfg.seed)
     run.loop(first)
-    return summarize(run_dir)
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:

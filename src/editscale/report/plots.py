@@ -32,7 +32,6 @@ class RunData:
     """What the plots need from one run, read from its database."""
 
     label: str
-    method: str
     edit_idx: np.ndarray
     scores: dict[str, np.ndarray]  # metric -> per edit (NaN where not measured)
     recheck_edits: np.ndarray
@@ -64,9 +63,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
             layers[param] = layer
         flagged = [r[0] for r in store.rows(
             "SELECT DISTINCT edit_idx FROM events WHERE kind = 'flagged' ORDER BY edit_idx")]
-    method = meta["config"]["method"]["name"]
     return RunData(
-        label=label or method, method=method, edit_idx=arr[:, 0],
+        label=label or meta["config"]["method"]["name"], edit_idx=arr[:, 0],
         scores={m: arr[:, i + 1] for i, m in enumerate(PROFICIENCY)},
         recheck_edits=rc[:, 0], forgotten_pct=rc[:, 1],
         downstream={t: (np.array([p[0] for p in v]), np.array([p[1] for p in v])) for t, v in down.items()},
