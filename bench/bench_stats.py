@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_model_options, model_from_options
 
 os.environ.setdefault("EDITSCALE_PROGRESS", "0")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -52,25 +53,17 @@ def texts(n: int = 4000) -> list[str]:
 
 
 def main() -> None:
-    from editscale.model.loading import load_model
     from editscale.stats.second_moment import Corpus, compute_second_moments
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
+    add_model_options(ap)
     ap.add_argument("--layers", default=None, help="comma-separated; default: 4 consecutive mid layers")
     ap.add_argument("--samples", type=int, default=20_000)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.model:
-        model, tok, _anatomy = load_model(args.model)
-        name = args.model
-    else:
-        model, tok = build_default(256, 12)
-        name = "random GPT-2 (12 layers, width 256, MLP 1024)"
+    model, tok, name = model_from_options(args, lambda: build_default(256, 12),
+                                          "random GPT-2 (12 layers, width 256, MLP 1024)")
     from editscale.model.anatomy import get_anatomy
 
     n = get_anatomy(model).n_layers(model)

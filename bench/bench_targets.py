@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_model_options, model_from_options
 
 os.environ.setdefault("EDITSCALE_PROGRESS", "0")
 
@@ -50,22 +51,13 @@ def main() -> None:
     from editscale.methods.context import EditContext
     from editscale.methods.hparams import MemitHparams, resolve_hparams
     from editscale.methods.targets import PrefixSpec, optimize_targets
-    from editscale.model.loading import load_model
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
+    add_model_options(ap)
     ap.add_argument("--data", default=None, help="records (default: --model when it is a testbed, else invented)")
     ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.model:
-        model, tok, _ = load_model(args.model)
-        name = args.model
-    else:
-        model, tok = default_model()
-        name = "random GPT-2 (4 layers, width 128, MLP 1024)"
+    model, tok, name = model_from_options(args, default_model, "random GPT-2 (4 layers, width 128, MLP 1024)")
     data = args.data or (args.model if args.model and args.model.startswith("testbed:") else None)
     if data:
         from editscale.data import load_cases

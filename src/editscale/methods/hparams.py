@@ -219,8 +219,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the testbed's small fact models (layers come from the manifest); tuned on testbed:demo
     "testbed": {
         "rome": {"context_lengths": [(5, 5), (10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
-                 "v_steps": 25},
-        "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128},
+                 "v_steps": 60},
+        "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
+                  "v_steps": 60, "mom2_update_weight": 200},
         "ft-l": {"norm_constraint": 5e-3, "lr": 5e-3, "steps": 25},
         "ft-w": {"lr": 5e-3},
     },

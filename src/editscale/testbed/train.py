@@ -279,6 +279,9 @@ def build(spec: TestbedSpec, out_dir: str | Path, *, threads: int | None = None,
         t1 = time.perf_counter()
         loss = train_model(model, stream, spec, progress)
         t2 = time.perf_counter()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bar has run; no "Writing model shards" line after it
         model.save_pretrained(out)
         tok.save_pretrained(out)
         with open(out / WORLD_FILE, "w") as f:
