@@ -29,8 +29,7 @@ import platform
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -63,6 +62,7 @@ from editscale.experiment.guard import (
 )
 from editscale.experiment.store import DB_NAME, EDIT_METRICS, RunStore
 from editscale.methods.base import Delta, EditState
+from editscale.model.loading import torch_threads
 from editscale.progress import progress_bar
 
 SUMMARY_WINDOW = 50
@@ -333,18 +333,6 @@ class _Run:
         prune_checkpoints(self.run_dir, keep=path)
 
 
-@contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads (None: as they are), restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *,
                    progress: bool | None = None) -> dict[str, Any]:
     """Run a sequential-editing experiment into ``out_dir`` (database, checkpoints); returns its summary."""
@@ -357,7 +345,7 @@ def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *
     from editscale.data import load_cases
 
     cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed, cfg.unique)
-    with _torch_threads(cfg.threads):
+    with torch_threads(cfg.threads):
         run = _Run(cfg, run_dir, cases, progress)
         run.create_store()
         try:
@@ -378,7 +366,7 @@ def resume(out_dir: str | Path, *, progress: bool | None = None) -> dict[str, An
     if meta.get("status") == "complete":
         return summarize(run_dir)
     cfg = parse_config(meta["config"], source=f"stored config of {run_dir}")
-    with _torch_threads(meta["threads"]):  # CPU results can depend on the thread count
+    with torch_threads(meta["threads"]):  # CPU results can depend on the thread count
         run = _Run(cfg, run_dir, cases, progress)
         if run.fingerprint != meta["fingerprint"]:
             raise RunStateError(f"model {cfg.model!r} is not the model this run started with (fingerprint "

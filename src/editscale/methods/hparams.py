@@ -288,12 +288,12 @@ GPTJ_KEY_DIM = 16_384
 
 
 def scaled_defaults(cls: type[HparamsBase], kind: str, model: nn.Module, anatomy: Anatomy) -> dict[str, Any]:
-    """For models without a paper preset (testbed, generic): MEMIT's lambda scaled to the key width.
+    """For models without a preset (generic): MEMIT's lambda scaled to the key width.
 
     lambda weighs the preserved keys (lambda C) against the new ones (K^T K); a typical key has
     k^T C^-1 k = key width, so GPT-J's balance (15,000 at width 16,384) is kept by scaling lambda with the width.
     """
-    if kind not in ("testbed", "generic") or "mom2_update_weight" not in cls.model_fields:
+    if kind != "generic" or "mom2_update_weight" not in cls.model_fields:
         return {}
     return {"mom2_update_weight": round(15_000 * anatomy.key_dim(model) / GPTJ_KEY_DIM, 1)}
 

@@ -31,6 +31,7 @@ from torch import nn
 from editscale.data.corpus import FillerGenerator, filler_words
 from editscale.data.world import World, build_world, render_fact, syllable_text
 from editscale.eval.scoring import score_continuations
+from editscale.model.loading import torch_threads
 from editscale.progress import progress_bar
 from editscale.testbed import skills
 from editscale.testbed.specs import DATA_VERSION, TestbedSpec
@@ -266,9 +267,7 @@ def build(spec: TestbedSpec, out_dir: str | Path, *, threads: int | None = None,
 
     out = Path(out_dir)
     threads = threads or default_threads()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         t0 = time.perf_counter()
         random.seed(spec.seed)
         tok = train_tokenizer(tokenizer_texts(spec), spec.vocab_size)
@@ -319,8 +318,6 @@ def build(spec: TestbedSpec, out_dir: str | Path, *, threads: int | None = None,
         }
         (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
         return manifest
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _version(pkg: str) -> str:
