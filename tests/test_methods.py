@@ -32,9 +32,11 @@ from editscale.methods.targets import (
     as_items,
     build_layout,
     optimize_targets,
+    split_at_vectors,
     subject_activations,
 )
 from editscale.model.anatomy import get_anatomy
+from editscale.model.hooks import add_at
 
 warnings.filterwarnings("ignore", message=".*matrix is singular.*")
 
@@ -208,6 +210,29 @@ def test_other_facts_of_the_subject_enter_the_kl_term(tok):
     # the other fact is compared where its object is predicted: the prompt's last token
     last = with_facts.batch.lengths[with_facts.kl_row] - 1
     assert torch.equal(with_facts.kl_col[1::2], last[1::2])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_prefix_forward_equals_the_full_forward(tok, family):
+    """The target optimisation runs each prompt's prefix once and then only the columns from the vector's
+    position on; with a vector added there, its hidden states must be those of the full forward pass."""
+    model = random_model(family, vocab_size=len(tok))
+    ctx = EditContext(model, tok, stats_cache=None)
+    prefixes = ctx.prefixes(PrefixSpec(((4, 2), (7, 2))))
+    full = build_layout(ctx, as_items(cases()), prefixes, kl_prompt="{} is a", other_facts=True)
+    split = split_at_vectors(full, tok.pad_token_id)
+    assert len(set(full.pos.tolist())) > 1  # rows really are shifted by different amounts
+    module = ctx.anatomy.mlp_out_name(1)
+    vectors = torch.randn(len(full.pos), model.config.hidden_size)
+    rows = torch.arange(len(full.pos))
+    with add_at(model, module, full.pos, vectors), torch.no_grad():
+        ref = model.base_model(**full.inputs(rows)).last_hidden_state
+    kv = split.prefix_cache(model)
+    with add_at(model, module, split.pos, vectors), torch.no_grad():
+        got = model.base_model(**split.inputs(rows, split.cache(model, kv, rows))).last_hidden_state
+    assert torch.allclose(got[split.tok_row, split.tok_col], ref[full.tok_row, full.tok_col], atol=1e-5)
+    assert torch.allclose(got[split.kl_row, split.kl_col], ref[full.kl_row, full.kl_col], atol=1e-5)
+    assert torch.isfinite(got[split.batch.attention_mask.bool()]).all()
 
 
 def test_prefixes_are_deterministic_per_seed_and_cached(tok):

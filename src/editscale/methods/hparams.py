@@ -117,7 +117,10 @@ class TargetHparams(HparamsBase):
     kl_prompt: str = "{} is a"
     kl_other_facts: bool = True  # KL also on the case's other facts of the same subject, when given
     clamp_norm_factor: PositiveFloat = 4.0  # ||delta|| <= factor x ||init||
-    v_early_stop: NonNegativeFloat = 5e-2  # stop a request once its loss is below this
+    v_early_stop: NonNegativeFloat = 5e-2  # stop a request once its loss (or NLL, see v_stop_on) is below this
+    # what v_early_stop is compared with: the whole loss (the reference code), or the new target's NLL alone
+    # (for models whose KL term cannot fall below the threshold, where "loss" always runs all v_steps)
+    v_stop_on: Literal["loss", "nll"] = "loss"
     target_batch: PositiveInt = 64  # requests optimised together (memory bound only; results are the same)
 
     @field_validator("kl_prompt")
@@ -219,7 +222,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the testbed's small fact models (layers come from the manifest); tuned on testbed:demo
     "testbed": {
         "rome": {"context_lengths": [(5, 5), (10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
-                 "v_steps": 60},
+                 "v_steps": 60, "v_stop_on": "nll"},
         "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
                   "v_steps": 60, "mom2_update_weight": 200},
         "ft-l": {"norm_constraint": 5e-3, "lr": 5e-3, "steps": 25},

@@ -276,6 +276,75 @@ class PromptLayout:
         return torch.log_softmax(head(hidden[remap[rows], self.kl_col[active[self.owner[self.kl_row]]]]).float(), -1)
 
 
+@dataclass
+class SplitLayout(PromptLayout):
+    """A ``PromptLayout`` re-laid so that every row's vector position (``pos``) falls in one column P.
+
+    Nothing before a row's vector position depends on the added vector (attention is causal), so the first
+    P columns are run once (``prefix_cache``) and each optimisation step runs only the rest, the suffix,
+    reading the prefix's keys and values from a cache: on prefixed prompts most tokens are prefix. Here
+    ``batch`` is the right-padded suffix, ``pos`` is 0 and ``tok_col``/``kl_col`` count from the suffix start.
+    """
+
+    prefix: Batch | None  # (R, P) left-padded; None when every vector sits at the first token
+    prefix_positions: torch.Tensor | None  # (R, P) position ids
+    positions: torch.Tensor  # (R, S) position ids of the suffix
+
+    def inputs(self, rsel: torch.Tensor, cache=None) -> dict[str, torch.Tensor]:
+        width = int(self.batch.lengths[rsel].max())
+        mask = self.batch.attention_mask[rsel, :width]
+        out = {"input_ids": self.batch.input_ids[rsel, :width], "position_ids": self.positions[rsel, :width]}
+        if cache is None:
+            return {**out, "attention_mask": mask, "use_cache": False}
+        return {**out, "attention_mask": torch.cat([self.prefix.attention_mask[rsel], mask], 1),
+                "past_key_values": cache, "use_cache": True}
+
+    @torch.no_grad()
+    def prefix_cache(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per decoder layer, the keys and values of the prefix columns (None without a prefix)."""
+        if self.prefix is None:
+            return None
+        out = model.base_model(input_ids=self.prefix.input_ids, attention_mask=self.prefix.attention_mask,
+                               position_ids=self.prefix_positions, use_cache=True)
+        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+    @staticmethod
+    def cache(model: nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]] | None, rsel: torch.Tensor):
+        """A fresh cache holding the prefix of rows ``rsel`` (the forward pass appends to it)."""
+        if kv is None:
+            return None
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(k[rsel], v[rsel]) for k, v in kv], config=model.config)
+
+
+def split_at_vectors(lay: PromptLayout, pad_id: int) -> SplitLayout:
+    """``lay`` with every row shifted right so that its vector position is column P = max(pos) (see
+    ``SplitLayout``), cut into the prefix (columns < P) and the suffix."""
+    ids, mask, lengths, pos = lay.batch.input_ids, lay.batch.attention_mask, lay.batch.lengths, lay.pos
+    n_rows, width = ids.shape
+    at = int(pos.max())
+    shift = at - pos
+    total = at + int((lengths - pos).max())
+    cols = torch.arange(width, device=ids.device)[None].expand(n_rows, width)
+    real = mask.bool()
+    rows = torch.arange(n_rows, device=ids.device)[:, None].expand(n_rows, width)[real]
+    dest = (cols + shift[:, None])[real]
+    new_ids = torch.full((n_rows, total), pad_id, dtype=ids.dtype, device=ids.device)
+    new_mask = torch.zeros((n_rows, total), dtype=mask.dtype, device=ids.device)
+    new_pos = torch.zeros((n_rows, total), dtype=torch.long, device=ids.device)
+    new_ids[rows, dest] = ids[real]
+    new_mask[rows, dest] = 1
+    new_pos[rows, dest] = cols[real]
+    suffix = Batch(new_ids[:, at:], new_mask[:, at:], lengths - pos)
+    prefix = Batch(new_ids[:, :at], new_mask[:, :at], pos) if at > 0 else None
+    return SplitLayout(
+        suffix, torch.zeros_like(pos), lay.owner, lay.bare, lay.tok_row, lay.tok_col - pos[lay.tok_row],
+        lay.tok_id, lay.tok_w, lay.kl_row, lay.kl_col - pos[lay.kl_row], lay.kl_w,
+        prefix=prefix, prefix_positions=new_pos[:, :at] if at > 0 else None, positions=new_pos[:, at:],
+    )
+
+
 def build_layout(
     ctx: EditContext,
     items: Sequence[EditItem],
@@ -358,8 +427,9 @@ def optimize_targets(
 def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp: TargetHparams,
                     prefixes: Sequence[Sequence[str]]) -> TargetResult:
     model = ctx.model
-    lay = build_layout(ctx, items, prefixes, kl_prompt=hp.kl_prompt if hp.kl_factor > 0 else None,
-                       other_facts=hp.kl_other_facts)
+    full = build_layout(ctx, items, prefixes, kl_prompt=hp.kl_prompt if hp.kl_factor > 0 else None,
+                        other_facts=hp.kl_other_facts)
+    lay = split_at_vectors(full, ctx.tokenizer.pad_token_id)
     n_req, device = len(items), lay.pos.device
     head, body = model.get_output_embeddings(), model.base_model
     delta = torch.zeros(n_req, head.weight.shape[1], device=device, requires_grad=True)
@@ -371,6 +441,7 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
     steps = torch.zeros(n_req, dtype=torch.long, device=device)
 
     with frozen_eval(model):
+        prefix_kv = lay.prefix_cache(model)
         for it in range(hp.v_steps):
             rsel, remap = lay.rows_of(active)  # only the requests still optimising take part
             row_owner = lay.owner[rsel]
@@ -378,7 +449,7 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
                 if init is None:  # the first pass (delta = 0) records the initial vectors
                     first = stack.enter_context(capture(model, [module], inputs=False, positions=lay.pos))
                 stack.enter_context(add_at(model, module, lay.pos[rsel], delta[row_owner]))
-                hidden = body(**lay.inputs(rsel)).last_hidden_state
+                hidden = body(**lay.inputs(rsel, lay.cache(model, prefix_kv, rsel))).last_hidden_state
             if init is None:
                 init = first[module][lay.bare].float()
                 max_norm = hp.clamp_norm_factor * init.norm(dim=1)
@@ -398,7 +469,8 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
             with torch.no_grad():
                 final_loss[active] = loss[active]
                 final_nll[active] = nll[active]
-            still = active & (loss.detach() >= hp.v_early_stop)
+            crit = loss if hp.v_stop_on == "loss" else nll
+            still = active & (crit.detach() >= hp.v_early_stop)
             if it == hp.v_steps - 1 or not bool(still.any()):
                 break
             opt.zero_grad()
