@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from tiny import BigramLM, bpe_tokenizer, random_model, word_tokenizer
+from tiny import FAMILIES, BigramLM, bpe_tokenizer, random_model, word_tokenizer
 
 from editscale.data.records import EditCase, EditRequest
 from editscale.eval.counterfact import evaluate_cases
-from editscale.eval.scoring import harmonic_mean, ngram_entropy, score_continuations
+from editscale.eval.scoring import generate, harmonic_mean, ngram_entropy, score_continuations
 
 WORDS = ["Ann", "Bob", "is", "in", "x", "y", "z"]
 
@@ -71,6 +71,24 @@ def test_padding_does_not_change_scores():
     batched = score_continuations(model, tok, prompts, targets, batch_size=3)
     single = [score_continuations(model, tok, [p], [t]).logprob.item() for p, t in zip(prompts, targets)]
     assert batched.logprob.tolist() == pytest.approx(single, abs=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_batched_generation_equals_greedy_recomputation(family):
+    """``generate`` left-pads and decodes on the key/value cache; with top_k=1 it must give, for prompts of
+    different lengths in one batch, exactly the tokens of a plain one-prompt argmax loop."""
+    tok = bpe_tokenizer()
+    model = random_model(family, vocab_size=len(tok))
+    prompts = ["The quick brown fox", "LeBron James plays the sport of", "Paris"]
+    got = generate(model, tok, prompts, max_new_tokens=8, top_k=1)
+    for prompt, text in zip(prompts, got):
+        ids = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            for _ in range(8):
+                ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+        assert text == tok.decode(ids, skip_special_tokens=True)
+    assert generate(model, tok, prompts, max_new_tokens=8, seed=3) == generate(model, tok, prompts, max_new_tokens=8,
+                                                                                seed=3)
 
 
 def test_harmonic_mean_and_entropy():

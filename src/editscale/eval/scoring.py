@@ -114,7 +114,8 @@ def generate(
     """Sample continuations (top-k, as ROME's generation tests) deterministically for a seed.
 
     Returns prompt + continuation texts. Decoding is done here (not ``model.generate``) so padding and
-    sampling are identical across model families and transformers versions.
+    sampling are identical across model families and transformers versions: prompts left-padded, one
+    token per step on the key/value cache, one draw per row per step (rows that ended keep drawing, unused).
     """
     ensure_pad_token(tokenizer)
     device = model_device(model)
@@ -123,19 +124,31 @@ def generate(
     eos = tokenizer.eos_token_id
     done = [False] * len(seqs)
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1 << 30)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    cache = None
     for _ in range(max_new_tokens):
         if all(done) or max(len(s) for s in seqs) >= max_pos:
             break
-        batch = pad_batch(seqs, tokenizer.pad_token_id, device)
-        logits = model(**batch.model_inputs()).logits
-        last = logits[torch.arange(len(seqs), device=device), batch.lengths - 1].float().cpu()
-        vals, ids = last.topk(min(top_k, last.shape[-1]), dim=-1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        last = out.logits[:, -1].float().cpu()
+        vals, top = last.topk(min(top_k, last.shape[-1]), dim=-1)
         choice = torch.multinomial(torch.softmax(vals, -1), 1, generator=gen)[:, 0]
-        nxt = ids[torch.arange(len(seqs)), choice]
+        nxt = top[torch.arange(len(seqs)), choice]
         for i, t in enumerate(nxt.tolist()):
             if not done[i]:
                 seqs[i].append(t)
                 done[i] = t == eos
+        ids = nxt[:, None].to(device)
+        positions = positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(ids)], 1)
     return [tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
 
 

@@ -13,6 +13,7 @@ those of the UNEDITED model (as in the papers, where they are computed once and 
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -71,6 +72,7 @@ class EditContext:
         self._moments: dict[tuple, torch.Tensor] = {}
         self._prefixes: dict[PrefixSpec, list[list[str]]] = {}
         self._corpora: dict[str, Corpus] = {}
+        self._factors: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -114,3 +116,13 @@ class EditContext:
 
     def second_moment(self, layer: int, hp: StatsHparams) -> torch.Tensor:
         return self.second_moments([layer], hp)[layer]
+
+    def second_moment_solver(self, layer: int, hp: StatsHparams) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x -> C^-1 x`` in float64 for the layer's second moment C, from one LU factorisation kept for
+        the context's life (ROME solves with the same C at every edit)."""
+        cov = self.second_moment(layer, hp)
+        key = id(cov)
+        if key not in self._factors:
+            self._factors[key] = (cov, torch.linalg.lu_factor(cov.double()))
+        _, (lu, pivots) = self._factors[key]
+        return lambda x: torch.linalg.lu_solve(lu, pivots, x.double()[:, None])[:, 0]

@@ -14,7 +14,7 @@ model carrying the earlier ones (applied temporarily), giving one Delta of rank 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,11 +40,16 @@ class RankOne:
     value: torch.Tensor  # v*
 
 
-def rank_one_solve(cov: torch.Tensor | None, key_mean: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   out_at_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Lambda, u): u = C^-1 k* / ||C^-1 k*|| (or k*/||k*|| without C), Lambda = (v - out) / <u, key>, in float64."""
+def rank_one_solve(cov: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None, key_mean: torch.Tensor,
+                   key: torch.Tensor, value: torch.Tensor, out_at_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Lambda, u): u = C^-1 k* / ||C^-1 k*|| (or k*/||k*|| without C), Lambda = (v - out) / <u, key>, in float64.
+
+    ``cov`` is C, or a function computing C^-1 x (``EditContext.second_moment_solver``)."""
     k_mean = key_mean.double()
-    u = torch.linalg.solve(cov.double(), k_mean) if cov is not None else k_mean
+    if cov is None:
+        u = k_mean
+    else:
+        u = cov(k_mean) if callable(cov) else torch.linalg.solve(cov.double(), k_mean)
     u = u / u.norm()
     lam = (value.double() - out_at_key.double()) / torch.dot(u, key.double())
     return lam, u
@@ -63,7 +68,7 @@ class Rome(EditMethod):
         items = as_items(requests)
         layer = hp.layer
         anatomy = ctx.anatomy
-        cov = ctx.second_moment(layer, hp) if hp.mom2_adjustment else None
+        cov = ctx.second_moment_solver(layer, hp) if hp.mom2_adjustment else None
         prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
         weight_name = anatomy.weight_name(layer)
         applied: list[Delta] = []
@@ -89,7 +94,7 @@ class Rome(EditMethod):
     def rank_one(self, ctx: EditContext, request: EditRequest | EditCase | EditItem) -> RankOne:
         """The rank-one update of one request on the model as it is (for tests and analysis)."""
         hp: RomeHparams = self.hparams
-        cov = ctx.second_moment(hp.layer, hp) if hp.mom2_adjustment else None
+        cov = ctx.second_moment_solver(hp.layer, hp) if hp.mom2_adjustment else None
         return self._one(ctx, as_items([request])[0], ctx.prefixes(PrefixSpec.from_hparams(hp)), cov)[0]
 
     def _one(self, ctx: EditContext, item: EditItem, prefixes, cov):
