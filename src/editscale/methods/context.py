@@ -12,8 +12,8 @@ those of the UNEDITED model (as in the papers, where they are computed once and 
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
