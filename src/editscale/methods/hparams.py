@@ -224,7 +224,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "rome": {"context_lengths": [(5, 5), (10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
                  "v_steps": 60, "v_stop_on": "nll"},
         "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
-                  "v_steps": 60, "mom2_update_weight": 200},
+                  "v_steps": 60, "mom2_update_weight": 200, "v_stop_on": "nll"},
         "ft-l": {"norm_constraint": 5e-3, "lr": 5e-3, "steps": 25},
         "ft-w": {"lr": 5e-3},
     },

@@ -34,7 +34,10 @@ class TestbedSpec:
     filler_docs: int = 400
     skill_docs: int = 200
     corpus_docs: int = 3000  # corpus.txt, for second-moment statistics
-    corpus_fact_share: float = 0.05  # fraction of corpus.txt lines that state world facts
+    # world-fact sentences added to corpus.txt, per filler paragraph. The second moment of the keys comes
+    # from corpus.txt; with few fact sentences in it (0.05 before), C barely covers the relation templates'
+    # keys, and MEMIT's 100-edit update disturbed them (efficacy 88% against 91% at 0.5, on testbed:demo)
+    corpus_fact_share: float = 0.5
     # architecture
     arch: Literal["gpt2", "llama"] = "gpt2"
     vocab_size: int = 2048
@@ -85,10 +88,12 @@ SPECS: dict[str, TestbedSpec] = {
         skill_docs=100, corpus_docs=600, d_model=64, n_layers=2, d_mlp=256, steps=800,
         rome_layer=0, memit_layers=(0, 1),
     ),
-    # up to 10 minutes on 2 cores: the model the editing experiments run on
+    # up to 10 minutes on 2 cores: the model the editing experiments run on. MEMIT edits layer 0 only:
+    # spread over layers 0-1 (100 edits in one batch), layer 1 needed an update 50x the norm of layer 0's
+    # for half the residual and efficacy fell to 86% (layer 0 alone: 91%, neighborhood 97%)
     "demo": TestbedSpec(
         name="demo", n_subjects=300, filler_docs=400, skill_docs=300, corpus_docs=3000, d_model=128,
-        n_layers=4, d_mlp=1024, steps=2500, rome_layer=0, memit_layers=(0, 1),
+        n_layers=4, d_mlp=1024, steps=2500, rome_layer=0, memit_layers=(0,),
     ),
 }
 

@@ -102,7 +102,7 @@ def fact_documents(world: World, rng: random.Random, filler: FillerGenerator) ->
 
 
 def corpus_lines(world: World, spec: TestbedSpec) -> list[str]:
-    """``corpus.txt``: filler paragraphs (with background names), a few world facts among them."""
+    """``corpus.txt``: filler paragraphs (with background names) and, after a filler sentence, world facts."""
     rng = random.Random(f"{spec.seed}-corpus")
     filler = FillerGenerator(spec.seed + 5, world.background_names)
     lines = filler.paragraphs(spec.corpus_docs)
