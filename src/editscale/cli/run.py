@@ -115,7 +115,7 @@ def single_edit_test_command(
 
 @app.command("demo")
 def demo_command(
-    edits: Annotated[int, typer.Option(help="Sequential edits per method.", min=10)] = 200,
+    edits: Annotated[int, typer.Option(help="Sequential edits per method.", min=10)] = 300,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path(
         "editscale-demo"),
 ) -> None:

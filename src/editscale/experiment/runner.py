@@ -425,7 +425,7 @@ def demo_config(method: str, edits: int) -> RunConfig:
                          "batch": 1, "forget_every": 10, "downstream_every": 50, "seed": 0})
 
 
-def run_demo(out_dir: str | Path, edits: int = 200, methods: Sequence[str] = DEMO_METHODS, *,
+def run_demo(out_dir: str | Path, edits: int = 300, methods: Sequence[str] = DEMO_METHODS, *,
              progress: bool | None = None) -> Path:
     """Build testbed:demo if needed, run each method on the same seeded sample into ``out_dir/METHOD``
     (continuing runs a killed demo left), and write the report into ``out_dir/report``; returns report.html."""
