@@ -12,6 +12,8 @@
   clamped to clamp_norm_factor x ||init||; Adam; early stop once the request's loss is below a threshold.
   The per-request losses are summed, so each request's gradient, Adam state and trajectory are those of its
   own optimisation (Adam is elementwise); a request that stops early is frozen and leaves the batch.
+  Each prompt's tokens before the vector's position are run once into a key/value cache (``SplitLayout``);
+  every step runs only the rest.
 """
 
 from __future__ import annotations
