@@ -1,5 +1,7 @@
 """MEMIT's target vectors z for 32 requests: one batched optimisation against one request at a time
 (goal: >= 5x faster per request). Both runs do the same per-request work (identical trajectories).
+On a CPU that work is compute-bound (measured on 2 cores: 2.2x on testbed:demo, 1.2x on the random model);
+the goal assumes an accelerator, where one request leaves most of the device idle.
 
     python bench/bench_targets.py [--model testbed:demo | DIR] [--data testbed:demo] [--n 32]
 
