@@ -124,13 +124,8 @@ def generate(
     eos = tokenizer.eos_token_id
     done = [False] * len(seqs)
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1 << 30)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    batch = pad_batch(seqs, tokenizer.pad_token_id, device, left=True)
+    ids, mask = batch.input_ids, batch.attention_mask
     positions = (mask.cumsum(1) - 1).clamp_min(0)
     cache = None
     for _ in range(max_new_tokens):

@@ -72,7 +72,7 @@ class EditContext:
         self._moments: dict[tuple, torch.Tensor] = {}
         self._prefixes: dict[PrefixSpec, list[list[str]]] = {}
         self._corpora: dict[str, Corpus] = {}
-        self._factors: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._factors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # LU of each C
 
     @property
     def device(self) -> torch.device:
@@ -103,7 +103,7 @@ class EditContext:
         """E[k k^T] (k, k) for ``layers``, on the model's device in float32/float64 as ``hp.mom2_dtype``:
         from memory, else the disk cache, else computed for all missing layers in one pass."""
         corpus = self.corpus(hp.mom2_corpus)
-        spec = (corpus.digest, hp.mom2_n_samples, hp.mom2_dtype, hp.mom2_max_length)
+        spec = self._moment_spec(hp)
         missing = [layer for layer in layers if (layer, *spec) not in self._moments]
         if missing:
             got = second_moments(self.model, self.tokenizer, missing, corpus, n_samples=hp.mom2_n_samples,
@@ -114,15 +114,17 @@ class EditContext:
                 self._moments[(layer, *spec)] = m.matrix.to(self.device)
         return {layer: self._moments[(layer, *spec)] for layer in layers}
 
+    def _moment_spec(self, hp: StatsHparams) -> tuple:
+        return (self.corpus(hp.mom2_corpus).digest, hp.mom2_n_samples, hp.mom2_dtype, hp.mom2_max_length)
+
     def second_moment(self, layer: int, hp: StatsHparams) -> torch.Tensor:
         return self.second_moments([layer], hp)[layer]
 
     def second_moment_solver(self, layer: int, hp: StatsHparams) -> Callable[[torch.Tensor], torch.Tensor]:
         """``x -> C^-1 x`` in float64 for the layer's second moment C, from one LU factorisation kept for
         the context's life (ROME solves with the same C at every edit)."""
-        cov = self.second_moment(layer, hp)
-        key = id(cov)
+        key = (layer, *self._moment_spec(hp))
         if key not in self._factors:
-            self._factors[key] = (cov, torch.linalg.lu_factor(cov.double()))
-        _, (lu, pivots) = self._factors[key]
+            self._factors[key] = torch.linalg.lu_factor(self.second_moment(layer, hp).double())
+        lu, pivots = self._factors[key]
         return lambda x: torch.linalg.lu_solve(lu, pivots, x.double()[:, None])[:, 0]

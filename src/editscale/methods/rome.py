@@ -40,16 +40,13 @@ class RankOne:
     value: torch.Tensor  # v*
 
 
-def rank_one_solve(cov: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None, key_mean: torch.Tensor,
+def rank_one_solve(c_inv: Callable[[torch.Tensor], torch.Tensor] | None, key_mean: torch.Tensor,
                    key: torch.Tensor, value: torch.Tensor, out_at_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Lambda, u): u = C^-1 k* / ||C^-1 k*|| (or k*/||k*|| without C), Lambda = (v - out) / <u, key>, in float64.
 
-    ``cov`` is C, or a function computing C^-1 x (``EditContext.second_moment_solver``)."""
+    ``c_inv`` computes C^-1 x (``EditContext.second_moment_solver``)."""
     k_mean = key_mean.double()
-    if cov is None:
-        u = k_mean
-    else:
-        u = cov(k_mean) if callable(cov) else torch.linalg.solve(cov.double(), k_mean)
+    u = c_inv(k_mean) if c_inv is not None else k_mean
     u = u / u.norm()
     lam = (value.double() - out_at_key.double()) / torch.dot(u, key.double())
     return lam, u
@@ -68,14 +65,14 @@ class Rome(EditMethod):
         items = as_items(requests)
         layer = hp.layer
         anatomy = ctx.anatomy
-        cov = ctx.second_moment_solver(layer, hp) if hp.mom2_adjustment else None
+        c_inv = ctx.second_moment_solver(layer, hp) if hp.mom2_adjustment else None
         prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
         weight_name = anatomy.weight_name(layer)
         applied: list[Delta] = []
         lefts, rights, info = [], [], {"target_loss": [], "target_nll": [], "target_steps": [], "delta_norm": []}
         try:
             for item in items:
-                r1, res = self._one(ctx, item, prefixes, cov)
+                r1, res = self._one(ctx, item, prefixes, c_inv)
                 lefts.append(r1.left)
                 rights.append(r1.right)
                 for k in info:
@@ -94,10 +91,10 @@ class Rome(EditMethod):
     def rank_one(self, ctx: EditContext, request: EditRequest | EditCase | EditItem) -> RankOne:
         """The rank-one update of one request on the model as it is (for tests and analysis)."""
         hp: RomeHparams = self.hparams
-        cov = ctx.second_moment_solver(hp.layer, hp) if hp.mom2_adjustment else None
-        return self._one(ctx, as_items([request])[0], ctx.prefixes(PrefixSpec.from_hparams(hp)), cov)[0]
+        c_inv = ctx.second_moment_solver(hp.layer, hp) if hp.mom2_adjustment else None
+        return self._one(ctx, as_items([request])[0], ctx.prefixes(PrefixSpec.from_hparams(hp)), c_inv)[0]
 
-    def _one(self, ctx: EditContext, item: EditItem, prefixes, cov):
+    def _one(self, ctx: EditContext, item: EditItem, prefixes, c_inv):
         hp: RomeHparams = self.hparams
         module = ctx.anatomy.mlp_out_name(hp.layer)
         reads = subject_activations(ctx, [item], prefixes, [(module, True), (module, False)],
@@ -108,7 +105,7 @@ class Rome(EditMethod):
             key, out = keys.mean[0], outs.mean[0]
         else:
             key, out = keys.bare[0], outs.bare[0]
-        lam, u = rank_one_solve(cov, keys.mean[0], key, res.target[0], out)
+        lam, u = rank_one_solve(c_inv, keys.mean[0], key, res.target[0], out)
         return RankOne(lam, u, key, keys.mean[0], res.target[0]), res
 
 

@@ -96,16 +96,17 @@ class Batch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> Batch:
-    """Right-pad token id lists into a Batch."""
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device=None, *, left: bool = False) -> Batch:
+    """Right-pad (or, with ``left``, left-pad) token id lists into a Batch."""
     if not seqs:
         raise ValueError("empty batch")
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, cols] = 1
     lengths = mask.sum(1)
     batch = Batch(ids, mask, lengths)
     return batch.to(device) if device is not None else batch
