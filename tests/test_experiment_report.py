@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from editscale.cli import app
 from editscale.errors import RunStateError
 from editscale.experiment.store import EDIT_METRICS, RunStore
-from editscale.report.html import write_report
+from editscale.report.html import downstream_rows, write_report
 from editscale.report.plots import trailing_mean
 
 PLOTS = {"proficiency.png", "forgetting.png", "downstream.png", "distance.png"}
@@ -18,7 +18,7 @@ def fake_run(run_dir, method: str, n: int = 60, flagged: int | None = 40) -> Non
     rng = np.random.default_rng(0)
     with RunStore.in_dir(run_dir, create=True) as store:
         store.set_meta(config={"model": "testbed:tiny", "method": {"name": method, "hparams": {}}}, status="complete")
-        store.record_downstream(0, 0, {"sst2": {"f1": 0.9}, "rte": {"f1": 0.8}})
+        store.record_downstream(0, 0, {"sst2": {"f1": 0.9, "mcc": 0.8}, "rte": {"f1": 0.8, "mcc": 0.05}})
         for u in range(1, n + 1):
             scores = {m: float(rng.random() < 0.9) for m in EDIT_METRICS}
             events = ([{"edit_idx": u, "kind": "flagged", "rule": "update_norm", "value": 9.0, "threshold": 1.0}]
@@ -42,6 +42,16 @@ def test_report_of_two_runs(tmp_path):
     assert all(f'src="{p}"' in html for p in PLOTS)
     assert "<td>rome</td>" in html and "<td>memit</td>" in html
     assert "<td>40</td>" in html  # rome's first flagged edit
+
+
+def test_report_downstream_table_flags_tasks_at_chance(tmp_path):
+    fake_run(tmp_path / "a", "rome")
+    rows = {r["task"]: r for r in downstream_rows(tmp_path / "a", "rome")}
+    assert rows["sst2"]["F1 unedited"] == "0.900" and rows["sst2"]["F1 last"] == "0.300 (60 edits)"
+    assert rows["sst2"]["change"] == "-0.600" and rows["sst2"]["note"] == ""
+    assert rows["rte"]["change"] == "+0.000" and "at chance (MCC 0.05)" in rows["rte"]["note"]
+    html = write_report([tmp_path / "a"]).read_text()
+    assert "<h2>Downstream</h2>" in html and "at chance (MCC 0.05)" in html
 
 
 def test_report_cli_defaults_into_the_run(tmp_path):

@@ -44,6 +44,42 @@ def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
     }
 
 
+# Pre-edit Matthews correlation below this: the unedited model is at chance on the task, so a later change of
+# its F1 is noise, not lost ability (balanced binary tasks: MCC 0 is chance, 1 perfect).
+CHANCE_MCC = 0.2
+
+
+def downstream_rows(run_dir: Path, label: str) -> list[dict[str, str]]:
+    """Per task: F1 of the unedited model, F1 at the last evaluation, the change, and a note when the unedited
+    model was at chance (pre-edit MCC below ``CHANCE_MCC``)."""
+    with RunStore.in_dir(run_dir) as store:
+        rows = store.rows("SELECT task, metric, n_edits, value FROM downstream WHERE metric IN ('f1', 'mcc') "
+                          "ORDER BY update_idx")
+    series: dict[str, dict[str, list[tuple[int, float | None]]]] = {}
+    for task, metric, n, v in rows:
+        series.setdefault(task, {}).setdefault(metric, []).append((n, v))
+    out = []
+    for task, m in series.items():
+        f1 = m.get("f1", [])
+        if not f1:
+            continue
+        (n0, first), (n1, last) = f1[0], f1[-1]
+        mcc0 = m["mcc"][0][1] if m.get("mcc") else None
+        at_chance = n0 == 0 and mcc0 is not None and mcc0 < CHANCE_MCC
+        out.append({
+            "run": label, "task": task, "F1 unedited": _num(first) if n0 == 0 else f"{_num(first)} ({n0} edits)",
+            "F1 last": f"{_num(last)} ({n1} edits)",
+            "change": "-" if first is None or last is None else f"{last - first:+.3f}",
+            "note": f"unedited model at chance (MCC {mcc0:.2f}): a change is noise, not lost ability"
+                    if at_chance else "",
+        })
+    return out
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _labels(run_dirs: list[Path]) -> list[str]:
     """Method names, made unique with the directory name where two runs share a method."""
     methods = []
@@ -69,8 +105,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
     images = write_plots(runs, out)
     rows = [run_summary_row(d, label) for d, label in zip(dirs, labels)]
     flagged = {label: flagged_rows(d) for d, label in zip(dirs, labels)}
+    downstream = [r for d, label in zip(dirs, labels) for r in downstream_rows(d, label)]
     page = out / "report.html"
-    page.write_text(_page(rows, images, flagged))
+    page.write_text(_page(rows, images, flagged, downstream))
     return page
 
 
@@ -98,9 +135,21 @@ def _flagged_section(flagged: dict[str, list[tuple[int, str, str]]]) -> str:
             "re-applies them alone to the unedited model.</p>" + "".join(parts))
 
 
-def _page(rows: list[dict[str, Any]], images: list[Path], flagged: dict[str, list[tuple[int, str, str]]]) -> str:
+def _table(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _downstream_section(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    return ("<h2>Downstream</h2><p>Few-shot F1 of the unedited model and at the last evaluation. A task the "
+            "unedited model is at chance on cannot show lost ability.</p>" + _table(rows))
+
+
+def _page(rows: list[dict[str, Any]], images: list[Path], flagged: dict[str, list[tuple[int, str, str]]],
+          downstream: list[dict[str, str]]) -> str:
     figures = "".join(
         f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
         f"<figcaption>{html.escape(_CAPTIONS.get(p.name, ''))}</figcaption></figure>" for p in images)
@@ -121,7 +170,8 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 <p>Scores are percentages averaged over the last 50 edits; "forgotten %" is the share of earlier successful
 edits failing at the last re-check; flagged edits are possible disabling edits (see the events table in each
 run's results.sqlite).</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{_table(rows)}
+{_downstream_section(downstream)}
 {figures}
 {_flagged_section(flagged)}
 </body></html>
