@@ -8,7 +8,7 @@ from editscale.cli import app
 from editscale.errors import RunStateError
 from editscale.experiment.store import EDIT_METRICS, RunStore
 from editscale.report.html import downstream_rows, write_report
-from editscale.report.plots import trailing_mean
+from editscale.report.plots import load_run, trailing_mean
 
 PLOTS = {"proficiency.png", "forgetting.png", "downstream.png", "distance.png"}
 
@@ -46,7 +46,7 @@ def test_report_of_two_runs(tmp_path):
 
 def test_report_downstream_table_flags_tasks_at_chance(tmp_path):
     fake_run(tmp_path / "a", "rome")
-    rows = {r["task"]: r for r in downstream_rows(tmp_path / "a", "rome")}
+    rows = {r["task"]: r for r in downstream_rows(load_run(tmp_path / "a"))}
     assert rows["sst2"]["F1 unedited"] == "0.900" and rows["sst2"]["F1 last"] == "0.300 (60 edits)"
     assert rows["sst2"]["change"] == "-0.600" and rows["sst2"]["note"] == ""
     assert rows["rte"]["change"] == "+0.000" and "at chance (MCC 0.05)" in rows["rte"]["note"]

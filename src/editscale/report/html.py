@@ -10,7 +10,7 @@ from typing import Any
 from editscale.errors import RunStateError
 from editscale.experiment.runner import summarize
 from editscale.experiment.store import DB_NAME, RunStore
-from editscale.report.plots import load_run, write_plots
+from editscale.report.plots import RunData, load_run, write_plots
 
 _CAPTIONS = {
     "proficiency.png": "Efficacy, paraphrase and neighborhood of each new edit, averaged over the last 5 edits "
@@ -49,35 +49,27 @@ def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
 CHANCE_MCC = 0.2
 
 
-def downstream_rows(run_dir: Path, label: str) -> list[dict[str, str]]:
+def downstream_rows(run: RunData) -> list[dict[str, str]]:
     """Per task: F1 of the unedited model, F1 at the last evaluation, the change, and a note when the unedited
-    model was at chance (pre-edit MCC below ``CHANCE_MCC``)."""
-    with RunStore.in_dir(run_dir) as store:
-        rows = store.rows("SELECT task, metric, n_edits, value FROM downstream WHERE metric IN ('f1', 'mcc') "
-                          "ORDER BY update_idx")
-    series: dict[str, dict[str, list[tuple[int, float | None]]]] = {}
-    for task, metric, n, v in rows:
-        series.setdefault(task, {}).setdefault(metric, []).append((n, v))
+    model was at chance (its MCC below ``CHANCE_MCC``)."""
     out = []
-    for task, m in series.items():
-        f1 = m.get("f1", [])
-        if not f1:
+    for task, (n_edits, f1) in run.downstream.items():
+        if not len(f1):
             continue
-        (n0, first), (n1, last) = f1[0], f1[-1]
-        mcc0 = m["mcc"][0][1] if m.get("mcc") else None
-        at_chance = n0 == 0 and mcc0 is not None and mcc0 < CHANCE_MCC
+        (n0, first), (n1, last) = (int(n_edits[0]), f1[0]), (int(n_edits[-1]), f1[-1])
+        mcc0 = run.unedited_mcc.get(task)
         out.append({
-            "run": label, "task": task, "F1 unedited": _num(first) if n0 == 0 else f"{_num(first)} ({n0} edits)",
+            "run": run.label, "task": task, "F1 unedited": _num(first) if n0 == 0 else f"{_num(first)} ({n0} edits)",
             "F1 last": f"{_num(last)} ({n1} edits)",
-            "change": "-" if first is None or last is None else f"{last - first:+.3f}",
+            "change": "-" if math.isnan(first) or math.isnan(last) else f"{last - first:+.3f}",
             "note": f"unedited model at chance (MCC {mcc0:.2f}): a change is noise, not lost ability"
-                    if at_chance else "",
+                    if mcc0 is not None and mcc0 < CHANCE_MCC else "",
         })
     return out
 
 
-def _num(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _num(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.3f}"
 
 
 def _labels(run_dirs: list[Path]) -> list[str]:
@@ -105,7 +97,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
     images = write_plots(runs, out)
     rows = [run_summary_row(d, label) for d, label in zip(dirs, labels)]
     flagged = {label: flagged_rows(d) for d, label in zip(dirs, labels)}
-    downstream = [r for d, label in zip(dirs, labels) for r in downstream_rows(d, label)]
+    downstream = [r for run in runs for r in downstream_rows(run)]
     page = out / "report.html"
     page.write_text(_page(rows, images, flagged, downstream))
     return page

@@ -40,6 +40,7 @@ class RunData:
     distances: dict[str, tuple[np.ndarray, np.ndarray]]  # param -> (n_edits, normalized distance)
     layers: dict[str, int | None] = field(default_factory=dict)
     flagged: list[int] = field(default_factory=list)  # edit numbers of flagged updates
+    unedited_mcc: dict[str, float] = field(default_factory=dict)  # task -> Matthews correlation before editing
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
@@ -54,6 +55,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         for task, n, v in store.rows("SELECT task, n_edits, value FROM downstream WHERE metric = 'f1' "
                                      "ORDER BY update_idx"):
             down[task].append((n, np.nan if v is None else v))
+        mcc0 = {task: v for task, v in store.rows("SELECT task, value FROM downstream WHERE metric = 'mcc' "
+                                                   "AND update_idx = 0 AND value IS NOT NULL")}
         dist: dict[str, list[tuple[int, float]]] = defaultdict(list)
         layers: dict[str, int | None] = {}
         for param, layer, n, v in store.rows(
@@ -69,7 +72,7 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         recheck_edits=rc[:, 0], forgotten_pct=rc[:, 1],
         downstream={t: (np.array([p[0] for p in v]), np.array([p[1] for p in v])) for t, v in down.items()},
         distances={p: (np.array([x[0] for x in v]), np.array([x[1] for x in v])) for p, v in dist.items()},
-        layers=layers, flagged=flagged)
+        layers=layers, flagged=flagged, unedited_mcc=mcc0)
 
 
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:

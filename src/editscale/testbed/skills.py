@@ -12,7 +12,7 @@ a hash of their text and entities into a training and an evaluation half. A buil
 
 Known limit: paraphrase and entailment need the model to compare two objects for equality, and the testbeds
 do not learn that within their CPU budgets (``testbed:demo`` F1 0.38 and 0.47, MCC near 0: chance). A fresh
-4-layer model needs about 150,000 to 300,000 same/different examples before equality "breaks"; the demo
+4-layer model needs about 170,000 to 300,000 same/different examples before equality "breaks"; the demo
 build sees about 7,000 per skill. The report marks tasks whose unedited MCC is at chance.
 """
 
