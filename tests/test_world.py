@@ -14,8 +14,8 @@ from editscale.data.world import FRAMES, build_world, generate_names, make_relat
 from editscale.errors import ConfigError, DataLoadError
 from editscale.testbed.skills import SKILL_NAMES, SkillGenerator, skill_training_texts
 from editscale.testbed.specs import SPECS
-from editscale.testbed.tokenizer import train_tokenizer
-from editscale.testbed.train import DataStream, corpus_lines, tokenizer_texts
+from editscale.testbed.tokenizer import EOS, train_tokenizer
+from editscale.testbed.train import DataStream, corpus_lines, make_model, tokenizer_texts
 
 N = 48
 
@@ -193,9 +193,29 @@ def test_paraphrase_and_entailment_compare_the_relations_of_one_entity(world):
 
 def test_training_rows_weight_exactly_the_answers(world, tokenizer):
     spec = dataclasses.replace(SPECS["tiny"], filler_docs=20, skill_docs=40, batch_size=8, answer_weight=4.0)
-    ids, weights = next(DataStream(spec, world, tokenizer).batches())
+    ids, weights, _ = next(DataStream(spec, world, tokenizer).batches())
     answers = {o for r in world.relations for o in r.objects}
     answers |= {"positive", "negative", "Yes", "No", "True", "False"}
     heavy = [tokenizer.decode([int(t)]).strip() for t, w in zip(ids.flatten(), weights.flatten()) if w == 4.0]
     assert heavy and set(heavy) <= answers
     assert set(weights.flatten().tolist()) <= {0.0, 1.0, 4.0}
+
+
+def test_each_packed_document_sees_only_itself_from_position_0(world, tokenizer):
+    """Training rows pack several documents; positions restart at each, and the model's logits for a document
+    inside a row are its logits alone, as when a prompt is evaluated (no attention across documents)."""
+    import torch
+
+    spec = dataclasses.replace(SPECS["tiny"], filler_docs=20, skill_docs=40, batch_size=4)
+    ids, weights, positions = next(DataStream(spec, world, tokenizer).batches())
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    row, pos = ids[0][weights[0] > 0], positions[0][weights[0] > 0]
+    starts = [0] + [i + 1 for i in range(len(row) - 1) if row[i] == eos]
+    assert [i for i in range(len(row)) if pos[i] == 0] == starts and len(starts) >= 2
+    model = make_model(spec, eos).train()
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+        bounds = [*starts, len(row)]
+        for a, b in zip(bounds, bounds[1:]):
+            alone = model(input_ids=row[None, a:b], use_cache=False).logits[0]
+            torch.testing.assert_close(packed[a:b], alone, atol=1e-4, rtol=1e-4)

@@ -14,7 +14,7 @@ from typing import Literal
 from editscale.errors import ConfigError
 
 # Bump when the world, corpus, skills or training code changes what a spec builds.
-DATA_VERSION = 2
+DATA_VERSION = 3
 
 
 @dataclass(frozen=True)

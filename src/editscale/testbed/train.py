@@ -11,7 +11,8 @@
 
 The training text is a shuffled mix of fact documents (every fact in its edit template and in one trained
 frame per epoch, sometimes after a filler sentence), filler paragraphs that mention many background names,
-and few-shot skill prompts; held-out templates never occur in it.
+and few-shot skill prompts; held-out templates never occur in it. Documents are packed into rows, but each
+attends only to itself, from position 0, as a prompt does when the model is evaluated.
 """
 
 from __future__ import annotations
@@ -135,10 +136,12 @@ class DataStream:
         self.rng.shuffle(docs)
         return docs
 
-    def rows(self) -> Iterator[tuple[list[int], list[float]]]:
-        """(token ids, loss weights) rows of at most ``seq_len`` tokens, forever (epoch after epoch).
+    def rows(self) -> Iterator[tuple[list[int], list[float], list[int]]]:
+        """(token ids, loss weights, positions) rows of at most ``seq_len`` tokens, forever (epoch after epoch).
 
-        Answer tokens (objects, label words) weigh ``spec.answer_weight``, every other token 1.
+        Answer tokens (objects, label words) weigh ``spec.answer_weight``, every other token 1. Positions
+        restart at 0 with each document, which is how the model sees a prompt when it is evaluated; training
+        passes them as ``position_ids`` so each document attends only to itself (see ``train_model``).
         """
         n = self.spec.seq_len
         while True:
@@ -147,30 +150,35 @@ class DataStream:
             enc = self.tok([text for text, _ in docs], return_offsets_mapping=True)
             row: list[int] = []
             weights: list[float] = []
+            positions: list[int] = []
             for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], docs):
                 w = [self.spec.answer_weight if any(s < b and e > a for a, b in spans) else 1.0
                      for s, e in offsets]
                 ids, w = ids[: n - 1] + [self.eos], w[: n - 1] + [1.0]
                 if len(row) + len(ids) > n:
-                    yield row, weights
-                    row, weights = [], []
+                    yield row, weights, positions
+                    row, weights, positions = [], [], []
                 row.extend(ids)
                 weights.extend(w)
+                positions.extend(range(len(ids)))
             if row:
-                yield row, weights
+                yield row, weights, positions
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(input_ids, weights) batches, right-padded; padding weighs 0."""
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(input_ids, weights, position_ids) batches, right-padded; padding weighs 0 and is a document of its
+        own."""
         rows = self.rows()
         while True:
             chunk = [next(rows) for _ in range(self.spec.batch_size)]
-            width = max(len(r) for r, _ in chunk)
+            width = max(len(r) for r, _, _ in chunk)
             ids = torch.full((len(chunk), width), self.eos, dtype=torch.long)
             weights = torch.zeros((len(chunk), width))
-            for i, (r, w) in enumerate(chunk):
+            positions = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, (r, w, pos) in enumerate(chunk):
                 ids[i, : len(r)] = torch.tensor(r)
                 weights[i, : len(r)] = torch.tensor(w)
-            yield ids, weights
+                positions[i] = torch.tensor(pos + list(range(width - len(r))))
+            yield ids, weights, positions
 
 
 # --- model ---------------------------------------------------------------------------------------------
@@ -210,12 +218,18 @@ def train_model(model: nn.Module, stream: DataStream, spec: TestbedSpec, progres
     model.train()
     smooth = float("nan")
     batches = stream.batches()
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # no "pass an attention_mask" warning: position_ids mask the documents
     with progress_bar(f"training testbed:{spec.name}", spec.steps, progress) as advance:
         for step in range(spec.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, spec)
-            ids, weights = next(batches)
-            logits = model(input_ids=ids, attention_mask=(weights > 0).long()).logits[:, :-1]
+            ids, weights, positions = next(batches)
+            # position_ids that restart at each document, with no attention mask and no cache, make
+            # transformers mask attention across documents (packed sequences): each sees only itself
+            logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits[:, :-1]
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
             w = weights[:, 1:].reshape(-1)
             loss = (nll * w).sum() / w.sum()
@@ -228,6 +242,7 @@ def train_model(model: nn.Module, stream: DataStream, spec: TestbedSpec, progres
             advance(1, status=f"loss {smooth:.3f} epoch {stream.epoch}")
             if on_step is not None:
                 on_step(step, smooth)
+    hf_logging.set_verbosity(verbosity)
     model.eval()
     return smooth
 
