@@ -58,8 +58,7 @@ class TestbedSpec:
     lr: float = 5e-3
     warmup: int = 100
     weight_decay: float = 0.0
-    answer_weight: float = 5.0  # loss weight of the objects in fact sentences
-    label_weight: float = 5.0  # loss weight of the skills' label words
+    answer_weight: float = 5.0  # loss weight of answer tokens (fact objects, skill label words)
     # recommended edit layers (measured; see the manifest's key statistics)
     rome_layer: int = 0
     memit_layers: tuple[int, ...] = field(default=(0, 1))

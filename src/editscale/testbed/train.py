@@ -70,11 +70,10 @@ def tokenizer_texts(spec: TestbedSpec) -> list[str]:
 
 
 Span = tuple[int, int]
-# text, the character spans of its answers (objects, label words), and the answers' loss weight
-Document = tuple[str, list[Span], float]
+Document = tuple[str, list[Span]]  # text, and the character spans of its answers (objects, label words)
 
 
-def fact_documents(world: World, rng: random.Random, filler: FillerGenerator, weight: float) -> list[Document]:
+def fact_documents(world: World, rng: random.Random, filler: FillerGenerator) -> list[Document]:
     """One epoch of fact text: every fact in its edit template and in one random trained frame.
 
     Sentences are grouped one to three to a document, and a third of the documents open with a filler
@@ -98,7 +97,7 @@ def fact_documents(world: World, rng: random.Random, filler: FillerGenerator, we
             text = f"{text} {prompt}" if text else prompt
             spans.append((len(text) + 1, len(text) + 1 + len(obj)))
             text = f"{text} {obj}."
-        docs.append((text, spans, weight))
+        docs.append((text, spans))
         i += k
     return docs
 
@@ -129,19 +128,18 @@ class DataStream:
         self.epoch = 0
 
     def epoch_documents(self) -> list[Document]:
-        spec = self.spec
-        docs = fact_documents(self.world, self.rng, self.filler, spec.answer_weight)
-        docs += [(p, [], 1.0) for p in self.filler.paragraphs(spec.filler_docs)]
-        tasks = [skills.SKILL_NAMES[i % 4] for i in range(spec.skill_docs)]
-        tasks += [("paraphrase", "entailment")[i % 2] for i in range(spec.pair_docs)]
-        docs += [(*self.skills.training_text(task), spec.label_weight) for task in tasks]
+        docs = fact_documents(self.world, self.rng, self.filler)
+        docs += [(p, []) for p in self.filler.paragraphs(self.spec.filler_docs)]
+        names = skills.SKILL_NAMES
+        docs += [self.skills.training_text(names[i % len(names)]) for i in range(self.spec.skill_docs)]
+        docs += [self.skills.training_text(("paraphrase", "entailment")[i % 2]) for i in range(self.spec.pair_docs)]
         self.rng.shuffle(docs)
         return docs
 
     def rows(self) -> Iterator[tuple[list[int], list[float], list[int]]]:
         """(token ids, loss weights, positions) rows of at most ``seq_len`` tokens, forever (epoch after epoch).
 
-        Objects weigh ``spec.answer_weight``, skill label words ``spec.label_weight``, every other token 1. Positions
+        Answer tokens (objects, label words) weigh ``spec.answer_weight``, every other token 1. Positions
         restart at 0 with each document, which is how the model sees a prompt when it is evaluated; training
         passes them as ``position_ids`` so each document attends only to itself (see ``train_model``).
         """
@@ -149,12 +147,12 @@ class DataStream:
         while True:
             self.epoch += 1
             docs = self.epoch_documents()
-            enc = self.tok([text for text, _, _ in docs], return_offsets_mapping=True)
+            enc = self.tok([text for text, _ in docs], return_offsets_mapping=True)
             row: list[int] = []
             weights: list[float] = []
             positions: list[int] = []
-            for ids, offsets, (_, spans, weight) in zip(enc["input_ids"], enc["offset_mapping"], docs):
-                w = [weight if any(s < b and e > a for a, b in spans) else 1.0
+            for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], docs):
+                w = [self.spec.answer_weight if any(s < b and e > a for a, b in spans) else 1.0
                      for s, e in offsets]
                 ids, w = ids[: n - 1] + [self.eos], w[: n - 1] + [1.0]
                 if len(row) + len(ids) > n:
