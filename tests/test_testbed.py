@@ -133,3 +133,16 @@ def test_cli_unknown_testbed_is_one_line_error(cli):
     code, _, err = cli("testbed", "build", "huge")
     assert code == 2
     assert err.startswith("error: unknown testbed 'huge'") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not registry.is_built(registry.model_path("demo")),
+                    reason="testbed:demo is not built here (editscale testbed build demo, about 10 minutes)")
+def test_demo_skills_reach_f1_0_9_and_recall_0_95(cli):
+    """The issue's bar, measured on the built demo model: every synthetic skill at F1 >= 0.9 before editing."""
+    code, out, err = cli("downstream", "--model", "testbed:demo", "--tasks", "skills", "--json")
+    assert code == 0, err
+    f1 = {name: r["f1"] for name, r in json.loads(out).items()}
+    assert set(f1) == set(SKILL_NAMES) and min(f1.values()) >= 0.9, f1
+    manifest = json.loads((registry.model_path("demo") / MANIFEST_FILE).read_text())
+    assert manifest["recall_train"] >= 0.95 and manifest["recall_heldout"] >= 0.9

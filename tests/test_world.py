@@ -12,7 +12,7 @@ from editscale.data.corpus import FillerGenerator, filler_text, read_text_file
 from editscale.data.records import EditCase
 from editscale.data.world import FRAMES, build_world, generate_names, make_relations
 from editscale.errors import ConfigError, DataLoadError
-from editscale.testbed.skills import SKILL_NAMES, SkillGenerator, skill_training_texts
+from editscale.testbed.skills import SKILL_NAMES, SkillGenerator
 from editscale.testbed.specs import SPECS
 from editscale.testbed.tokenizer import EOS, train_tokenizer
 from editscale.testbed.train import DataStream, corpus_lines, make_model, tokenizer_texts
@@ -116,9 +116,8 @@ def test_names_have_4_to_9_tokens_and_diverse_last_tokens(tokenizer):
 
 
 def test_held_out_templates_never_occur_in_training_text(world, tokenizer):
-    spec = dataclasses.replace(SPECS["tiny"], filler_docs=50, skill_docs=200)
-    docs = DataStream(spec, world, tokenizer).epoch_documents()
-    text = "\n".join([t for t, _ in docs] + skill_training_texts(world, 200, 0))
+    spec = dataclasses.replace(SPECS["tiny"], filler_docs=50, skill_docs=200, pair_docs=200)
+    text = "\n".join(t for t, _ in DataStream(spec, world, tokenizer).epoch_documents())
     for rel in world.relations:
         for t in rel.heldout_templates:
             for s in (*world.subjects, *world.skill_entities):
@@ -192,7 +191,8 @@ def test_paraphrase_and_entailment_compare_the_relations_of_one_entity(world):
 
 
 def test_training_rows_weight_exactly_the_answers(world, tokenizer):
-    spec = dataclasses.replace(SPECS["tiny"], filler_docs=20, skill_docs=40, batch_size=8, answer_weight=4.0)
+    spec = dataclasses.replace(SPECS["tiny"], filler_docs=20, skill_docs=40, pair_docs=20, batch_size=8,
+                               answer_weight=4.0)
     ids, weights, _ = next(DataStream(spec, world, tokenizer).batches())
     answers = {o for r in world.relations for o in r.objects}
     answers |= {"positive", "negative", "Yes", "No", "True", "False"}

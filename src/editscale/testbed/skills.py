@@ -202,12 +202,6 @@ class SkillGenerator:
         return text, spans
 
 
-def skill_training_texts(world: World, n: int, seed: int) -> list[str]:
-    """``n`` few-shot training prompts with answers, the four skills in equal shares."""
-    gen = SkillGenerator(world, seed, "train")
-    return [gen.training_text(SKILL_NAMES[i % len(SKILL_NAMES)])[0] for i in range(n)]
-
-
 def write_skill_pool(model_dir: str | Path, world: World, seed: int, per_class: int = 250) -> None:
     """Write the held-out evaluation pool (demonstrations from the training half) to ``skills.json``."""
     train, held = SkillGenerator(world, seed, "train"), SkillGenerator(world, seed, "eval")

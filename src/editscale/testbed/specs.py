@@ -100,7 +100,7 @@ SPECS: dict[str, TestbedSpec] = {
     # fell to 86% (layer 0 alone: 91%, neighborhood 97%). pair_docs=2500, init_std 0.06 and 3,000 steps take
     # paraphrase off chance (F1 0.94) with recall above 98%; entailment is still at chance (testbed/skills.py)
     "demo": TestbedSpec(
-        name="demo", n_subjects=300, filler_docs=400, skill_docs=300, pair_docs=2500, corpus_docs=3000,
+        name="demo", n_subjects=300, filler_docs=400, skill_docs=600, pair_docs=2500, corpus_docs=3000,
         d_model=128, n_layers=4, d_mlp=1024, init_std=0.06, steps=3000, rome_layer=0, memit_layers=(0,),
     ),
 }
