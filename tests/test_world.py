@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections import Counter
 
@@ -216,6 +217,6 @@ def test_each_packed_document_sees_only_itself_from_position_0(world, tokenizer)
     with torch.no_grad():
         packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
         bounds = [*starts, len(row)]
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             alone = model(input_ids=row[None, a:b], use_cache=False).logits[0]
             torch.testing.assert_close(packed[a:b], alone, atol=1e-4, rtol=1e-4)
