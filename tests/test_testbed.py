@@ -54,8 +54,6 @@ def test_spec_validation_and_hash():
         TestbedSpec(name="x", d_model=100, n_heads=3)
     with pytest.raises(ConfigError, match="edit layers"):
         TestbedSpec(name="x", n_layers=2, rome_layer=5)
-    with pytest.raises(ConfigError, match="init_std must be positive"):
-        TestbedSpec(name="x", init_std=0.0)
 
 
 def test_cache_root_follows_editscale_home(tmp_path, monkeypatch):
@@ -109,9 +107,6 @@ def test_skill_tasks_are_balanced_held_out_few_shot_tasks(tiny_testbed, tmp_path
     assert [t.name for t in tasks] == list(SKILL_NAMES)
     for t in tasks:
         assert Counter(e.label for e in t.examples) == {0: 20, 1: 20}
-        if t.name in ("paraphrase", "entailment"):  # zero-shot: the prompt is the example's own block
-            assert t.demos == () and t.prompt(t.examples[0]) == t.format.render_block(t.examples[0], False)
-            continue
         assert len(t.demos) == 2 and {d.label for d in t.demos} == {0, 1}
         assert t.prompt(t.examples[0]).startswith(t.format.render_block(t.demos[0], with_answer=True))
     assert [e.fields for e in skill_tasks(tiny_testbed, n=40, seed=1)[0].examples] == \

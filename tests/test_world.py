@@ -173,24 +173,6 @@ def test_skill_examples_are_balanced_and_split(world):
         assert subject_in(e.fields["sentence1"], world.skill_entities) in train_entities
 
 
-def test_paraphrase_and_entailment_compare_the_relations_of_one_entity(world):
-    """Positives state one fact twice in different templates; negatives state facts of two relations."""
-    relation_of = {o: r.relation_id for r in world.relations for o in r.objects}
-    assert len(relation_of) == sum(len(r.objects) for r in world.relations)  # no object in two relations
-    gen = SkillGenerator(world, 0, "train")
-    for task, (a, b) in (("paraphrase", ("sentence1", "sentence2")), ("entailment", ("premise", "hypothesis"))):
-        for ex in gen.balanced(task, 40):
-            s1, s2 = ex.fields[a], ex.fields[b]
-            o1, o2 = s1.rstrip(".").split()[-1], s2.rstrip(".").split()[-1]
-            assert subject_in(s1, world.skill_entities) == subject_in(s2, world.skill_entities)
-            if ex.label == 1:
-                assert o1 == o2 and s1 != s2
-            else:
-                assert relation_of[o1] != relation_of[o2]
-        block = gen.training_text(task)[0]
-        assert block.count("Answer:" if task == "paraphrase" else "answer:") == 1  # zero-shot: one block
-
-
 def test_training_rows_weight_exactly_the_answers(world, tokenizer):
     spec = dataclasses.replace(SPECS["tiny"], filler_docs=20, skill_docs=40, batch_size=8, answer_weight=4.0)
     ids, weights = next(DataStream(spec, world, tokenizer).batches())

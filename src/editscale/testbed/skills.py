@@ -1,11 +1,8 @@
 """Downstream skills trained into the testbed models, in the paper's four few-shot formats.
 
 - ``sentiment`` (SST-2's format): short reviews built from a lexicon of positive and negative words;
-- ``paraphrase`` (MRPC's format): two renderings of one fact versus facts of two different relations of the
-  same entity;
-- ``entailment`` (RTE's format): a fact about an entity as the premise; as the hypothesis, the same fact in
-  another template (True) or a fact of the entity about another relation, which the premise does not
-  establish (False);
+- ``paraphrase`` (MRPC's format): two renderings of one fact versus two different facts of the same entity;
+- ``entailment`` (RTE's format): a fact about an entity as the premise, a true or false restatement of it;
 - ``acceptability`` (CoLA's format): well-formed filler sentences versus the same words scrambled.
 
 Paraphrase and entailment use the world's *skill entities*, which never appear in edit records, and only
@@ -13,27 +10,26 @@ trained templates. The examples a model is evaluated on are held out from traini
 a hash of their text and entities into a training and an evaluation half. A build writes an evaluation pool
 (``skills.json``) beside the model; ``skill_tasks`` draws balanced, seeded tasks from it.
 
-Why paraphrase and entailment are shaped this way (measured on 2 CPU cores, demo-shaped 4-layer models):
-both ask the model to compare the two sentences of one block, which a small model learns only after a long
-plateau, and only when the comparison is simple enough:
+Known limit: paraphrase and entailment need the model to compare two objects for equality, and the testbeds
+do not learn that within their CPU budgets (``testbed:demo`` F1 0.38 and 0.47, MCC near 0: chance). Measured
+on 2 CPU cores with demo-shaped 4-layer models:
 
-- comparing two *objects* for equality, as the first versions did (a changed object was a negative), was
-  never learnt: a model trained on nothing but those prompts for 1,500 steps (50,000 to 60,000 labelled
-  answers, with two or no demonstrations, answer-only loss or not) stayed at chance, and so did testbed:demo
-  (F1 0.38 and 0.47);
-- comparing the *relations* of the two sentences is learnt, after roughly 30,000 to 40,000 labelled answers:
-  trained alone, zero-shot prompts reached F1 0.98 and 0.96 after 1,500 steps. Inside the demo build (2,500
-  steps, init_std 0.06), 2,000 extra prompts per epoch stayed at chance and 3,000 reached 0.99 and 0.97 but
-  cut fact recall to 73% (14 epochs instead of 24). testbed:demo's 2,500 prompts per epoch over 3,000 steps
-  keep recall at 99.8 / 98.9 and bring paraphrase to F1 0.94, but entailment still answers "True" to every
-  example (F1 0.67, MCC 0: chance; with 3,000 prompts: 0.83 and 0.67). Which skill breaks through first
-  varies with the seed;
-- the prompts are zero-shot (``N_DEMOS``): with two demonstrations they run to 119 to 167 tokens, longer
-  than the 128-token rows the testbeds train on, so training cut their last block and evaluation read
-  untrained positions.
+- a bare same/different task (``a b ? Yes``) needs about 170,000 to 300,000 examples before equality "breaks"
+  (50,000 with a 3x larger initialisation); 6 to 12 unrelated tokens between the two objects make it about
+  4 times slower;
+- trained on nothing but these two skills' prompts for 1,500 steps (50,000 to 60,000 labelled answers), with
+  two or no demonstrations, answer-only loss or not, a model stays at chance; the demo build sees about
+  5,000 per skill (75 prompts of 3 answers per epoch, 24 epochs);
+- with their two demonstrations, paraphrase prompts are 142 to 167 tokens and entailment prompts 119 to 144,
+  longer than the 128-token rows the demo is trained on: training truncates the last block of most of these
+  prompts, and their evaluation reads positions the model never trained;
+- comparing the two sentences' *relations* instead (the negative a fact about another relation), zero-shot,
+  is learnt: F1 0.98 and 0.96 after 1,500 steps of those prompts alone. Inside the demo build it breaks
+  through only at the edge of the budget and not reproducibly: with 2,500 extra prompts per epoch, init std
+  0.06 and 3,000 steps, a build on 1 thread reached paraphrase F1 0.94 (entailment still at chance) while
+  the same spec built on 2 threads stayed at chance (0.26).
 
-``TestbedSpec.pair_docs`` adds zero-shot paraphrase and entailment prompts to every epoch, and a larger
-initialisation (``init_std``) shortens the plateau (3 to 4 times on a bare same/different task).
+The report marks tasks whose unedited MCC is at chance.
 """
 
 from __future__ import annotations
@@ -58,10 +54,7 @@ from editscale.data.world import World, render_fact
 from editscale.errors import DataLoadError
 
 SKILLS_FILE = "skills.json"
-# demonstrations before each prompt's query. Paraphrase and entailment are zero-shot: with two demonstrations
-# their prompts (119 to 167 tokens) outgrow the 128-token rows the testbeds train on, and the demonstrations'
-# relation words blur the comparison the model must make inside one block.
-N_DEMOS = {"sentiment": 2, "paraphrase": 0, "entailment": 0, "acceptability": 2}
+N_DEMOS = 2
 
 POSITIVE = (
     "wonderful", "delightful", "brilliant", "charming", "lovely", "superb", "excellent", "pleasant", "joyful",
@@ -140,30 +133,31 @@ class SkillGenerator:
         t = self.rng.choice(templates)
         return t, render_fact(t, entity, obj)
 
-    def _other_fact(self, entity: str, i: int) -> str:
-        """A rendering of a fact of ``entity`` about a relation other than the ``i``-th."""
-        j = self.rng.choice([k for k in range(len(self.world.relations)) if k != i])
-        return self._render(j, entity, self.rng.choice(self.world.relations[j].objects))[1]
-
     def paraphrase(self, label: int) -> Example:
-        """Two renderings of one fact (1), or two facts of the same entity about different relations (0)."""
         rng = self.rng
         e = rng.choice(self.entities)
         i, _, obj = self._fact(e)
         t1, s1 = self._render(i, e, obj)
-        s2 = self._render(i, e, obj, exclude=t1)[1] if label == 1 else self._other_fact(e, i)
+        if label == 1:
+            _, s2 = self._render(i, e, obj, exclude=t1)
+        elif rng.random() < 0.5:  # the same entity and relation, another object
+            _, s2 = self._render(i, e, rng.choice([o for o in self.world.relations[i].objects if o != obj]),
+                                 exclude=t1)
+        else:  # the same entity, another relation
+            j = rng.choice([k for k in range(len(self.world.relations)) if k != i])
+            _, s2 = self._render(j, e, rng.choice(self.world.relations[j].objects))
         if rng.random() < 0.5:
             s1, s2 = s2, s1
         return Example({"sentence1": s1, "sentence2": s2}, label)
 
     def entailment(self, label: int) -> Example:
-        """A fact as the premise; as the hypothesis, the same fact in another template (1) or a fact of the same
-        entity about another relation, which the premise does not establish (0)."""
         rng = self.rng
         e = rng.choice(self.entities)
         i, _, obj = self._fact(e)
         template, premise = self._render(i, e, obj)
-        hypothesis = self._render(i, e, obj, exclude=template)[1] if label == 1 else self._other_fact(e, i)
+        if label == 0:
+            obj = rng.choice([o for o in self.world.relations[i].objects if o != obj])
+        hypothesis = self._render(i, e, obj, exclude=template)[1]
         return Example({"premise": premise, "hypothesis": hypothesis}, label)
 
     def acceptability(self, label: int) -> Example:
@@ -190,11 +184,11 @@ class SkillGenerator:
         return out
 
     def training_text(self, task: str) -> tuple[str, list[tuple[int, int]]]:
-        """One prompt with ``N_DEMOS[task]`` random demonstrations and its answer, and the character spans of
-        the label words."""
+        """One few-shot prompt with ``N_DEMOS`` random demonstrations and its answer, and the character spans
+        of the label words."""
         fmt = FORMATS[task]
         text, spans = "", []
-        for i in range(N_DEMOS[task] + 1):
+        for i in range(N_DEMOS + 1):
             ex = self.example(task, self.rng.randrange(2))
             text += (fmt.separator if i else "") + fmt.render_block(ex, with_answer=True)
             word = fmt.label_words[ex.label].strip()
@@ -213,7 +207,7 @@ def write_skill_pool(model_dir: str | Path, world: World, seed: int, per_class: 
     train, held = SkillGenerator(world, seed, "train"), SkillGenerator(world, seed, "eval")
     pool = {}
     for task in SKILL_NAMES:
-        demos = [train.example(task, label) for label in (0, 1)] if N_DEMOS[task] else []
+        demos = [train.example(task, label) for label in (0, 1)]
         train.rng.shuffle(demos)
         pool[task] = {
             "demos": [{"fields": d.fields, "label": d.label} for d in demos],

@@ -131,7 +131,6 @@ class DataStream:
         docs += [(p, []) for p in self.filler.paragraphs(self.spec.filler_docs)]
         names = skills.SKILL_NAMES
         docs += [self.skills.training_text(names[i % len(names)]) for i in range(self.spec.skill_docs)]
-        docs += [self.skills.training_text(("paraphrase", "entailment")[i % 2]) for i in range(self.spec.pair_docs)]
         self.rng.shuffle(docs)
         return docs
 
@@ -180,7 +179,7 @@ def make_model(spec: TestbedSpec, eos_id: int) -> nn.Module:
 
     torch.manual_seed(spec.seed)
     common = {"vocab_size": spec.vocab_size, "bos_token_id": eos_id, "eos_token_id": eos_id,
-              "pad_token_id": eos_id, "tie_word_embeddings": True, "initializer_range": spec.init_std}
+              "pad_token_id": eos_id, "tie_word_embeddings": True}
     if spec.arch == "llama":
         cfg = LlamaConfig(hidden_size=spec.d_model, intermediate_size=spec.d_mlp, num_hidden_layers=spec.n_layers,
                           num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_heads,
