@@ -22,8 +22,13 @@ _CAPTIONS = {
 }
 
 
+def _num(v: float | None, digits: int = 3, scale: float = 1.0) -> str:
+    """``scale * v`` to ``digits`` decimals; "-" for a missing value (None or NaN)."""
+    return "-" if v is None or math.isnan(v) else f"{scale * v:.{digits}f}"
+
+
 def _pct(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+    return _num(v, 1, 100.0)
 
 
 def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
@@ -66,10 +71,6 @@ def downstream_rows(run: RunData) -> list[dict[str, str]]:
                     if mcc0 is not None and mcc0 < CHANCE_MCC else "",
         })
     return out
-
-
-def _num(v: float) -> str:
-    return "-" if math.isnan(v) else f"{v:.3f}"
 
 
 def _labels(run_dirs: list[Path]) -> list[str]:
