@@ -222,27 +222,29 @@ def train_model(model: nn.Module, stream: DataStream, spec: TestbedSpec, progres
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # no "pass an attention_mask" warning: position_ids mask the documents
-    with progress_bar(f"training testbed:{spec.name}", spec.steps, progress) as advance:
-        for step in range(spec.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, spec)
-            ids, weights, positions = next(batches)
-            # position_ids that restart at each document, with no attention mask and no cache, make
-            # transformers mask attention across documents (packed sequences): each sees only itself
-            logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits[:, :-1]
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-            w = weights[:, 1:].reshape(-1)
-            loss = (nll * w).sum() / w.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            value = float(loss.detach())
-            smooth = value if math.isnan(smooth) else 0.95 * smooth + 0.05 * value
-            advance(1, status=f"loss {smooth:.3f} epoch {stream.epoch}")
-            if on_step is not None:
-                on_step(step, smooth)
-    hf_logging.set_verbosity(verbosity)
+    try:
+        with progress_bar(f"training testbed:{spec.name}", spec.steps, progress) as advance:
+            for step in range(spec.steps):
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, spec)
+                ids, weights, positions = next(batches)
+                # position_ids that restart at each document, with no attention mask and no cache, make
+                # transformers mask attention across documents (packed sequences): each sees only itself
+                logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits[:, :-1]
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+                w = weights[:, 1:].reshape(-1)
+                loss = (nll * w).sum() / w.sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                value = float(loss.detach())
+                smooth = value if math.isnan(smooth) else 0.95 * smooth + 0.05 * value
+                advance(1, status=f"loss {smooth:.3f} epoch {stream.epoch}")
+                if on_step is not None:
+                    on_step(step, smooth)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.eval()
     return smooth
 
