@@ -30,7 +30,7 @@ def bpe_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
 
 
 def random_model(family: str, vocab_size: int = 400, layers: int = 3, seed: int = 0) -> nn.Module:
-    """A small random-weight causal LM of the given family (gpt2, gptj, gpt_neox, llama)."""
+    """A small random-weight causal LM of the given family (gpt2, gptj, gpt_neox, llama, mistral, qwen2)."""
     import transformers as T
 
     torch.manual_seed(seed)
@@ -44,6 +44,10 @@ def random_model(family: str, vocab_size: int = 400, layers: int = 3, seed: int 
     elif family == "llama":
         cfg = T.LlamaConfig(num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
                             intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=128)
+    elif family in ("mistral", "qwen2"):
+        config_cls = T.MistralConfig if family == "mistral" else T.Qwen2Config
+        cfg = config_cls(num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                         intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=128)
     else:
         raise ValueError(family)
     cfg.bos_token_id = cfg.eos_token_id = cfg.pad_token_id = 0
@@ -70,5 +74,7 @@ class BigramLM(nn.Module):
         self.table = nn.Parameter(probs.log())
         self.config = SimpleNamespace(max_position_embeddings=1024)
 
-    def forward(self, input_ids, attention_mask=None):
-        return SimpleNamespace(logits=self.table[input_ids])
+    def forward(self, input_ids, attention_mask=None, **cache_and_positions):
+        """The next-token table of each position; a key/value cache is not needed (each step sees only the
+        current token), so greedy and sampled decoding work one token at a time."""
+        return SimpleNamespace(logits=self.table[input_ids], past_key_values=None)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from editscale.data.records import EditCase, EditRequest
+from editscale.data.records import EditCase, EditRequest, Fact
 from editscale.errors import DataLoadError, RecordError
 
 Reader = Callable[[dict[str, Any]], EditCase]
@@ -223,3 +223,30 @@ def load_cases(spec: str | Path, limit: int | None = None, skip_invalid: bool = 
 
         return read_records(Path(ensure_built(spec[len("testbed:"):])) / "world.jsonl", limit, skip_invalid)
     return read_records(spec, limit, skip_invalid)
+
+def read_known(rec: dict[str, Any]) -> Fact:
+    """ROME's known-facts record (``known_1000.json``): ``prompt`` (subject filled in), ``subject``,
+    ``attribute`` (the true object)."""
+    return Fact(_get(rec, "prompt"), _get(rec, "subject"), _get(rec, "attribute"),
+                str(rec.get("known_id", rec.get("case_id", ""))), rec.get("relation_id"))
+
+
+def read_facts(path: str | Path, limit: int | None = None) -> list[Fact]:
+    """Facts from a file of ROME's known facts, or the true facts of the edit records in any other shape."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataLoadError(f"records file {path} does not exist")
+    raw = _raw_records(path)
+    first = raw[0][1] if raw else None
+    if not (isinstance(first, dict) and {"prompt", "subject", "attribute"} <= first.keys()):
+        return [Fact.from_request(c.request) for c in read_records(path, limit)]
+    facts = []
+    for label, rec in raw[:limit]:
+        try:
+            if not isinstance(rec, dict):
+                raise RecordError(f"expected a JSON object, got {type(rec).__name__}")
+            facts.append(read_known(rec))
+        except RecordError as e:
+            msg = str(e).split(": ", 1)[-1] if str(e).startswith("record") else str(e)
+            raise type(e)(f"{path}: {label}: {msg}") from None
+    return facts

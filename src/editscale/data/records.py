@@ -144,3 +144,35 @@ class EditCase:
             generation_prompts=tuple(d.get("generation_prompts", ())),
             other_fact_prompts=tuple(tuple(p) for p in d.get("other_fact_prompts", ())),
         )
+
+@dataclass(frozen=True)
+class Fact:
+    """A fact a model may know: ``text`` (a prompt with the subject in it) is completed by ``object``.
+
+    Causal tracing's unit: ROME's known facts (``known_1000.json``) are read as facts, and an edit record
+    gives one through ``Fact.from_request`` (its prompt and true target).
+    """
+
+    text: str
+    subject: str
+    object: str
+    case_id: str = ""
+    relation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        where = f"record {self.case_id!r}" if self.case_id != "" else "record"
+        _clean(self.text, "prompt", where)
+        _clean(self.subject, "subject", where)
+        _clean(self.object, "object", where)
+        if self.subject not in self.text:
+            raise SubjectNotInPromptError(f"{where}: subject {self.subject!r} does not occur in prompt "
+                                          f"{self.text!r}")
+        object.__setattr__(self, "object", self.object.strip())
+        object.__setattr__(self, "case_id", str(self.case_id))
+
+    @classmethod
+    def from_request(cls, req: EditRequest) -> Fact:
+        """The true fact behind an edit request (its ``target_true``)."""
+        if req.target_true is None:
+            raise RecordError(f"record {req.case_id!r}: no true target (target_true), so no fact to trace")
+        return cls(req.text, req.subject, req.target_true, req.case_id, req.relation_id)

@@ -30,6 +30,7 @@ class Anatomy:
     final_norm: str  # path of the norm before the unembedding
     transposed: bool = False
     mlp_gate: str | None = None  # gated MLPs (Llama): the gate projection
+    attn: str | None = None  # relative to a layer: the self-attention module (its output: causal tracing)
 
     # --- names -------------------------------------------------------------------------------------
     def layer_name(self, i: int) -> str:
@@ -42,7 +43,20 @@ class Anatomy:
         return f"{self.layers}.{i}.{self.mlp_in}"
 
     def mlp_name(self, i: int) -> str:
+        """Layer i's whole MLP module (its output is what the MLP adds to the residual stream)."""
         return f"{self.layers}.{i}.{self.mlp_out.rsplit('.', 1)[0]}"
+
+    def attn_name(self, i: int) -> str:
+        """Layer i's self-attention module (its main output is what attention adds to the residual stream)."""
+        if self.attn is None:
+            raise UnsupportedModelError(f"the {self.family} anatomy names no attention module")
+        return f"{self.layers}.{i}.{self.attn}"
+
+    @staticmethod
+    def embed_name(model: nn.Module) -> str:
+        """Path of the input token embedding module (causal tracing adds its noise to this output)."""
+        emb = model.get_input_embeddings()
+        return next(name for name, m in model.named_modules() if m is emb)
 
     def mlp_norm_name(self, i: int) -> str:
         return f"{self.layers}.{i}.{self.mlp_norm}"
@@ -105,12 +119,13 @@ class Anatomy:
             raise UnsupportedModelError(f"layer {i} does not exist: this {self.family} model has layers 0-{n - 1}")
 
 
-GPT2 = Anatomy("gpt2", "transformer.h", "mlp.c_fc", "mlp.c_proj", "ln_2", "transformer.ln_f", transposed=True)
-GPTJ = Anatomy("gptj", "transformer.h", "mlp.fc_in", "mlp.fc_out", "ln_1", "transformer.ln_f")
+GPT2 = Anatomy("gpt2", "transformer.h", "mlp.c_fc", "mlp.c_proj", "ln_2", "transformer.ln_f", transposed=True,
+               attn="attn")
+GPTJ = Anatomy("gptj", "transformer.h", "mlp.fc_in", "mlp.fc_out", "ln_1", "transformer.ln_f", attn="attn")
 GPT_NEOX = Anatomy("gpt_neox", "gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
-                   "post_attention_layernorm", "gpt_neox.final_layer_norm")
+                   "post_attention_layernorm", "gpt_neox.final_layer_norm", attn="attention")
 LLAMA = Anatomy("llama", "model.layers", "mlp.up_proj", "mlp.down_proj", "post_attention_layernorm",
-                "model.norm", mlp_gate="mlp.gate_proj")
+                "model.norm", mlp_gate="mlp.gate_proj", attn="self_attn")
 
 # model_type (from the HF config) -> anatomy. Mistral and Qwen2 share Llama's layout.
 FAMILIES: dict[str, Anatomy] = {

@@ -72,6 +72,30 @@ def capture(
                 result[n] = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
 
 
+@contextmanager
+def capture_calls(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, tuple[tuple, dict]]]:
+    """Record the ``(args, kwargs)`` each named module is called with (the last call inside the block).
+
+    Causal tracing calls decoder layers itself with the arguments the model gave them (attention mask,
+    rotary position embeddings, ...) to run only the layers above a restored state.
+    """
+    calls: dict[str, tuple[tuple, dict]] = {}
+    handles = []
+
+    def make(name: str):
+        def hook(module, args, kwargs):
+            calls[name] = (args, dict(kwargs))
+        return hook
+
+    for name in names:
+        handles.append(model.get_submodule(name).register_forward_pre_hook(make(name), with_kwargs=True))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def run_until(model: nn.Module, **batch) -> None:
     """Run a forward pass that may be cut short by ``StopForward``."""
     try:

@@ -1,0 +1,21 @@
+"""Causal tracing: where a model recalls a fact (ROME's section 3), on every architecture in the anatomy."""
+
+from editscale.trace.causal import (
+    GROUPS,
+    KINDS,
+    RULE,
+    FactTrace,
+    TraceSummary,
+    causal_trace,
+    default_window,
+    embedding_noise,
+    known_mask,
+    recommend,
+    summarize,
+    trace_fact,
+    window_range,
+)
+
+__all__ = ["GROUPS", "KINDS", "RULE", "FactTrace", "TraceSummary", "causal_trace", "default_window",
+           "embedding_noise", "known_mask", "recommend", "summarize", "trace_fact",
+           "window_range"]

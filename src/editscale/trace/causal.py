@@ -1,0 +1,548 @@
+"""Causal tracing (Meng et al. 2022, section 3) on any architecture in the anatomy, batched.
+
+The procedure is the paper's, with the facts its text leaves out taken from kmeng01/rome
+(``experiments/causal_trace.py``):
+
+- **clean run**: the prompt as it is; o is the token the model predicts next (for a known fact: the first token
+  of its true object);
+- **corrupted run**: Gaussian noise of ``noise_factor`` (3) times the standard deviation of the input embeddings
+  of the data set's subjects (``embedding_noise``; the reference's ``s3``) is added to the embeddings of the
+  subject's tokens; ``samples`` (10) noise draws per fact, seeded, and the same draws for every restoration of
+  that fact; probabilities are averaged over the draws;
+- **restored runs**: the corrupted run with one clean state put back at one token: the output of block l
+  (``hidden``), or the outputs of the MLP (``mlp``) or attention (``attn``) modules of the ``window`` layers
+  around l, ``[l - window // 2, l + ceil(window / 2))`` clipped to the model (the reference's window), for
+  every layer l and token t;
+- **effects**: total effect TE = P_clean(o) - P_corrupted(o); indirect effect of a state
+  IE = P_restored(o) - P_corrupted(o).
+
+Batched (the reference runs one full forward pass of samples + 1 rows per restoration, i.e.
+``T x L + 2`` passes per kind): restoring a state at layer l leaves the layers below l exactly as in the
+corrupted run, so the corrupted run is made once, recording the input of every block, and each restored row
+starts at its first changed block from that record. All rows of one fact (every kind, layer, token and noise
+draw) are swept through the blocks together: at block j the batch holds the rows that start at or below j
+(``max_rows`` bounds a batch). Blocks are called with the arguments the model itself gave them in the clean run
+(``hooks.capture_calls``); MLP/attention states are put back with ``hooks.edit_output``. The LM head is applied
+to the last position only. Two restorations need no computation: a state at a token before the subject is the
+same in the clean and corrupted runs (IE = 0), and block L-1's output matters to the head only at the last token
+(IE = TE there, 0 elsewhere). ``trace_fact_plain`` is the reference's one-pass-per-restoration computation, kept
+as the check of the batched one.
+
+Known facts are those whose object the unedited model predicts greedily (every token of it the argmax,
+teacher-forced: its greedy continuation begins with the object). The averages follow the paper's figure:
+token rows grouped as first subject token, middle subject tokens, last subject token, first subsequent token,
+further tokens, last token (middle and further tokens pooled over facts, as the reference's notebook).
+
+**Recommended layers** (``RULE``): the ROME layer is the layer l whose MLP restoration (window centred on l)
+has the largest average indirect effect at the last subject token, as the ROME paper chose layer 17 of GPT-2 XL
+from its MLP trace; the MEMIT layers are the window the MEMIT paper took around its ROME layer in GPT-J
+(layers 3-8 around 5: l-2 .. l+3), clipped to the model's layers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from editscale.data.records import EditCase, EditRequest, Fact
+from editscale.errors import ConfigError, UnsupportedModelError
+from editscale.eval.scoring import score_continuations
+from editscale.model.anatomy import Anatomy, get_anatomy
+from editscale.model.hooks import capture, capture_calls, edit_output
+from editscale.model.tokens import continuation_ids, encode, ensure_pad_token, token_index_at
+
+KINDS = ("hidden", "mlp", "attn")
+GROUPS = ("first subject token", "middle subject tokens", "last subject token", "first subsequent token",
+          "further tokens", "last token")
+LAST_SUBJECT, LAST_TOKEN = 2, 5  # rows of GROUPS
+MEMIT_SPAN = (-2, 3)  # MEMIT's GPT-J layers 3-8 around ROME's 5
+RULE = ("rome_layer: the layer whose MLP restoration (window centred on it) has the largest average indirect "
+        "effect at the last subject token; memit_layers: rome_layer-2 .. rome_layer+3 (the MEMIT paper's GPT-J "
+        "layers 3-8 around ROME's 5), clipped to the model")
+
+
+def default_window(n_layers: int) -> int:
+    """The paper's window of 10 layers for models of 28 layers or more (GPT-J, GPT-2 XL, NeoX); a third of the
+    layers (at least 1) below that, so a small model's MLP trace still tells its layers apart."""
+    return 10 if n_layers >= 28 else max(1, n_layers // 3)
+
+
+def window_range(layer: int, window: int, n_layers: int) -> tuple[int, int]:
+    """The layers ``[lo, hi)`` restored around ``layer`` (the reference's ``trace_important_window``)."""
+    return max(0, layer - window // 2), min(n_layers, layer - (-window // 2))
+
+
+def as_fact(item: Fact | EditRequest | EditCase) -> Fact:
+    if isinstance(item, Fact):
+        return item
+    if isinstance(item, EditCase):
+        item = item.request
+    return Fact.from_request(item)
+
+
+def subject_token_range(tokenizer, text: str, subject: str) -> tuple[int, int]:
+    """``[first, last + 1)``: the token positions of the first occurrence of ``subject`` in ``text``."""
+    start = text.index(subject)
+    return token_index_at(tokenizer, text, start + 1), token_index_at(tokenizer, text, start + len(subject)) + 1
+
+
+@torch.no_grad()
+def embedding_noise(model: nn.Module, tokenizer, subjects: Sequence[str], factor: float = 3.0) -> float:
+    """``factor`` x the standard deviation of the input embeddings of the subjects' tokens (reference: ``s3``,
+    subjects tokenized on their own, every embedding coordinate pooled)."""
+    emb = model.get_input_embeddings()
+    ids = [i for s in dict.fromkeys(subjects) for i in tokenizer(s, add_special_tokens=False)["input_ids"]]
+    if not ids:
+        raise ConfigError("no subject tokens to measure the embedding noise on")
+    vecs = emb(torch.tensor(ids, device=emb.weight.device))
+    return factor * vecs.float().std().item()
+
+
+@torch.no_grad()
+def known_mask(model: nn.Module, tokenizer, facts: Sequence[Fact], batch_size: int = 64) -> list[bool]:
+    """Whether the model's greedy continuation of each fact's prompt begins with its object."""
+    scores = score_continuations(model, tokenizer, [f.text for f in facts], [f.object for f in facts],
+                                 batch_size=batch_size)
+    return scores.all_argmax.tolist()
+
+
+@dataclass
+class FactTrace:
+    """One traced fact. ``effects[kind][t, l]``: IE of restoring that kind's state(s) at token t, layer l."""
+
+    fact: Fact
+    tokens: list[str]
+    subject_range: tuple[int, int]
+    answer: str
+    answer_id: int
+    p_clean: float
+    p_corrupted: float
+    effects: dict[str, np.ndarray]
+    window: int
+    samples: int
+    forward_calls: int = 0  # model passes and block sweeps
+    row_layers: int = 0  # (row, block) evaluations, every run of this fact included
+    seconds: float = 0.0
+
+    @property
+    def total_effect(self) -> float:
+        return self.p_clean - self.p_corrupted
+
+    @property
+    def n_layers(self) -> int:
+        return next(iter(self.effects.values())).shape[1]
+
+    def reference_passes(self) -> int:
+        """Forward passes the reference takes for this fact: per kind, 2 + one per (token, layer)."""
+        return len(self.effects) * (2 + len(self.tokens) * self.n_layers)
+
+    def reference_row_layers(self) -> int:
+        return self.reference_passes() * (self.samples + 1) * self.n_layers
+
+    def grouped(self, kind: str) -> list[list[np.ndarray]]:
+        """This fact's rows of ``effects[kind]`` in the six token groups (lists, pooled later)."""
+        e = self.effects[kind]
+        b, end = self.subject_range
+        last = e.shape[0] - 1
+        rows: list[list[np.ndarray]] = [[e[b]], list(e[b + 1:end - 1]), [e[end - 1]], [], [], [e[last]]]
+        if end <= last:
+            rows[3].append(e[end])
+            rows[4].extend(e[end + 1:last])
+        return rows
+
+
+class _Head:
+    """P(answer) from final hidden states at the last position: the final norm and the LM head."""
+
+    def __init__(self, model: nn.Module, anatomy: Anatomy, answer_id: int) -> None:
+        self.norm = model.get_submodule(anatomy.final_norm)
+        self.head = model.get_output_embeddings()
+        self.answer_id = answer_id
+
+    def logits(self, h_last: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(h_last)).float()
+
+    def prob(self, h_last: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(h_last), -1)[:, self.answer_id]
+
+
+@dataclass
+class _Runs:
+    """The clean and corrupted runs of one fact, and what the restorations need from them."""
+
+    ids: torch.Tensor  # (1, T)
+    subject_range: tuple[int, int]
+    answer_id: int
+    noise: torch.Tensor  # (S, n_subject_tokens, d)
+    clean_out: list[torch.Tensor]  # block outputs, (1, T, d) each
+    clean_mod: dict[str, list[torch.Tensor]]  # kind -> module outputs per layer, (1, T, d)
+    corrupt_in: list[torch.Tensor]  # block inputs (L + 1: the last is block L-1's output), (S, T, d)
+    calls: list[tuple[tuple, dict]]  # each block's (args, kwargs) in the clean run
+    p_clean: float
+    p_corrupted_rows: torch.Tensor  # (S,)
+
+
+def _module_names(anatomy: Anatomy, kind: str, n_layers: int) -> list[str]:
+    if kind == "hidden":
+        return [anatomy.layer_name(j) for j in range(n_layers)]
+    if kind == "mlp":
+        return [anatomy.mlp_name(j) for j in range(n_layers)]
+    return [anatomy.attn_name(j) for j in range(n_layers)]
+
+
+def _add_noise(subject_range: tuple[int, int], noise: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    b, e = subject_range
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        h = h.clone()
+        h[:, b:e] += noise.to(h.dtype)
+        return h
+
+    return fn
+
+
+def _prepare(model, tokenizer, anatomy: Anatomy, fact: Fact, kinds: Sequence[str], noise_level: float,
+             samples: int, generator: torch.Generator) -> _Runs:
+    device = next(model.parameters()).device
+    ids = torch.tensor([encode(tokenizer, fact.text)], device=device)
+    rng = subject_token_range(tokenizer, fact.text, fact.subject)
+    answer_id = continuation_ids(tokenizer, fact.text, fact.object)[0]
+    n = anatomy.n_layers(model)
+    blocks = _module_names(anatomy, "hidden", n)
+    mods = {k: _module_names(anatomy, k, n) for k in kinds if k != "hidden"}
+    d = model.get_input_embeddings().weight.shape[1]
+    noise = (torch.randn(samples, rng[1] - rng[0], d, generator=generator) * noise_level).to(device)
+
+    with capture_calls(model, blocks) as calls, \
+            capture(model, blocks + [m for ms in mods.values() for m in ms], inputs=False) as outs:
+        logits = model(input_ids=ids, use_cache=False).logits[:, -1].float()
+    head = _Head(model, anatomy, answer_id)
+    clean_out = [outs[b] for b in blocks]
+    mine = head.logits(clean_out[-1][:, -1])
+    if not torch.allclose(mine, logits, rtol=1e-3, atol=1e-3 * (1 + logits.abs().max().item())):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: the logits are not the LM head of the final norm of the last block's output "
+            "(as the anatomy says), so causal tracing cannot compute them from block outputs")
+    with edit_output(model, anatomy.embed_name(model), _add_noise(rng, noise)), \
+            capture(model, blocks, inputs=True) as ins, capture(model, blocks[-1:], inputs=False) as last:
+        model(input_ids=ids.expand(samples, -1), use_cache=False)
+    return _Runs(
+        ids=ids, subject_range=rng, answer_id=answer_id, noise=noise, clean_out=clean_out,
+        clean_mod={k: [outs[m] for m in ms] for k, ms in mods.items()},
+        corrupt_in=[ins[b] for b in blocks] + [last[blocks[-1]]],
+        calls=[calls[b] for b in blocks],
+        p_clean=head.prob(clean_out[-1][:, -1]).item(),
+        p_corrupted_rows=head.prob(last[blocks[-1]][:, -1]),
+    )
+
+
+def _block_main(out) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _check(kinds: Sequence[str], samples: int, window: int) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(kinds))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ConfigError(f"unknown trace kind(s) {', '.join(bad) or '(none)'}; use some of {', '.join(KINDS)}")
+    if samples < 1 or window < 1:
+        raise ConfigError(f"samples and window must be at least 1 (got {samples} and {window})")
+    return kinds
+
+
+@torch.no_grad()
+def trace_fact(
+    model: nn.Module,
+    tokenizer,
+    fact: Fact | EditRequest | EditCase,
+    *,
+    noise: float,
+    kinds: Sequence[str] = KINDS,
+    samples: int = 10,
+    window: int | None = None,
+    seed: int = 0,
+    max_rows: int = 1024,
+    anatomy: Anatomy | None = None,
+    plain: bool = False,
+) -> FactTrace:
+    """Trace one fact: every kind's IE at every (token, layer), all restorations batched (module docstring).
+
+    ``plain``: the reference's computation instead, one full forward pass per (kind, layer, token) through the
+    model's own forward with the noise and the restorations as hooks (the same noise draws): the check of the
+    batched one, and the baseline of ``bench/bench_trace.py``.
+    """
+    t0 = time.perf_counter()
+    fact = as_fact(fact)
+    anatomy = anatomy or get_anatomy(model)
+    n = anatomy.n_layers(model)
+    window = default_window(n) if window is None else window
+    kinds = _check(kinds, samples, window)
+    runs = _prepare(model, tokenizer, anatomy, fact, kinds, noise, samples, torch.Generator().manual_seed(seed))
+    p_corr = runs.p_corrupted_rows.mean().item()
+    if plain:
+        probs, calls, row_layers = _plain(model, anatomy, runs, kinds, samples, window)
+    else:
+        probs, calls, row_layers = _batched(model, anatomy, runs, kinds, samples, window, max_rows)
+    return FactTrace(
+        fact=fact, tokens=[tokenizer.decode([i]) for i in runs.ids[0].tolist()], subject_range=runs.subject_range,
+        answer=tokenizer.decode([runs.answer_id]), answer_id=runs.answer_id, p_clean=runs.p_clean,
+        p_corrupted=p_corr, effects={k: p - p_corr for k, p in probs.items()}, window=window, samples=samples,
+        forward_calls=2 + calls, row_layers=n * (1 + samples) + row_layers, seconds=time.perf_counter() - t0,
+    )
+
+
+def _batched(model, anatomy: Anatomy, runs: _Runs, kinds, samples: int, window: int, max_rows: int):
+    """P_restored(o) per kind, (T, L); forward calls and (row, block) evaluations of the restorations."""
+    n = len(runs.calls)
+    T = runs.ids.shape[1]
+    b, _ = runs.subject_range
+    head = _Head(model, anatomy, runs.answer_id)
+    p_corr = runs.p_corrupted_rows.mean().item()
+    probs = {k: np.full((T, n), p_corr) for k in kinds}  # tokens before the subject: as corrupted
+    if "hidden" in kinds:  # block L-1's output reaches the head only at the last token
+        probs["hidden"][T - 1, n - 1] = runs.p_clean
+    # rows: (first changed block, end of window, kind index, layer, token), each `samples` batch rows
+    specs = []
+    for ki, kind in enumerate(kinds):
+        for layer in range(n - 1 if kind == "hidden" else n):
+            lo, hi = (layer + 1, layer + 1) if kind == "hidden" else window_range(layer, window, n)
+            specs.extend((lo, hi, ki, layer, t) for t in range(b, T))
+    specs.sort()
+    per_chunk = max(1, max_rows // samples)
+    calls = row_layers = 0
+    for c0 in range(0, len(specs), per_chunk):
+        chunk = specs[c0:c0 + per_chunk]
+        p = _sweep(model, anatomy, runs, kinds, chunk, samples, head)
+        calls += 1
+        row_layers += samples * sum(n - s[0] for s in chunk)
+        for (_, _, ki, layer, t), pk in zip(chunk, p.view(len(chunk), samples).mean(1).tolist()):
+            probs[kinds[ki]][t, layer] = pk
+    return probs, calls, row_layers
+
+def _sweep(model, anatomy: Anatomy, runs: _Runs, kinds, chunk, samples: int, head: _Head) -> torch.Tensor:
+    """Run the restored rows of ``chunk`` (sorted by first changed block) through the blocks; P(o) per row."""
+    n = len(runs.calls)
+    device = runs.ids.device
+    starts = torch.tensor([s[0] for s in chunk]).repeat_interleave(samples)
+    his = torch.tensor([s[1] for s in chunk]).repeat_interleave(samples)
+    kind_of = torch.tensor([s[2] for s in chunk]).repeat_interleave(samples)
+    tok = torch.tensor([s[4] for s in chunk], device=device).repeat_interleave(samples)
+    draw = torch.arange(samples, device=device).repeat(len(chunk))
+    first = int(starts[0])
+    h = torch.empty((len(starts),) + tuple(runs.corrupt_in[0].shape[1:]), dtype=runs.corrupt_in[0].dtype,
+                    device=device)
+    active = 0
+    for j in range(first, n):
+        upto = int((starts <= j).sum())
+        if upto > active:  # rows whose first changed block is j join the batch
+            new = torch.arange(active, upto)
+            h[new] = runs.corrupt_in[j][draw[new]]
+            if j > 0:  # hidden rows: block j-1's clean output at their token
+                hid = new[kind_of[new] == kinds.index("hidden")] if "hidden" in kinds else new[:0]
+                if len(hid):
+                    h[hid, tok[hid]] = runs.clean_out[j - 1][0, tok[hid]]
+            active = upto
+        hooks = []
+        for kind in ("mlp", "attn"):
+            if kind not in kinds:
+                continue
+            sel = (kind_of[:active] == kinds.index(kind)) & (his[:active] > j)
+            rows = sel.nonzero()[:, 0].to(device)
+            if len(rows):
+                name = anatomy.mlp_name(j) if kind == "mlp" else anatomy.attn_name(j)
+                hooks.append(edit_output(model, name, _restore(rows, tok[rows], runs.clean_mod[kind][j])))
+        args, kwargs = runs.calls[j]
+        with ExitStack() as stack:
+            for hook in hooks:
+                stack.enter_context(hook)
+            h[:active] = _block_main(model.get_submodule(anatomy.layer_name(j))(h[:active], *args[1:], **kwargs))
+    return head.prob(h[:, -1])
+
+
+def _restore(rows: torch.Tensor, toks: torch.Tensor, clean: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fn(out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[rows, toks] = clean[0, toks].to(out.dtype)
+        return out
+
+    return fn
+
+
+def _plain(model, anatomy: Anatomy, runs: _Runs, kinds, samples: int, window: int):
+    n = len(runs.calls)
+    T = runs.ids.shape[1]
+    batch = runs.ids.expand(samples, -1)
+    embed = anatomy.embed_name(model)
+    probs = {k: np.zeros((T, n)) for k in kinds}
+    calls = 0
+    for kind in kinds:
+        names = _module_names(anatomy, kind, n)
+        clean = runs.clean_out if kind == "hidden" else runs.clean_mod[kind]
+        for layer in range(n):
+            lo, hi = (layer, layer + 1) if kind == "hidden" else window_range(layer, window, n)
+            for t in range(T):
+                rows, toks = torch.arange(samples), torch.tensor([t] * samples)
+                with ExitStack() as stack:
+                    stack.enter_context(edit_output(model, embed, _add_noise(runs.subject_range, runs.noise)))
+                    for j in range(lo, hi):
+                        stack.enter_context(edit_output(model, names[j], _restore(rows, toks, clean[j])))
+                    logits = model(input_ids=batch, use_cache=False).logits[:, -1].float()
+                calls += 1
+                probs[kind][t, layer] = torch.softmax(logits, -1)[:, runs.answer_id].mean().item()
+    return probs, calls, calls * samples * n
+
+
+@dataclass
+class TraceSummary:
+    """Averages over the traced facts, the recommended edit layers, and the cost."""
+
+    n_facts: int
+    n_layers: int
+    kinds: tuple[str, ...]
+    samples: int
+    window: int
+    noise: float
+    p_clean: float
+    p_corrupted: float
+    total_effect: float
+    grouped: dict[str, np.ndarray]  # kind -> (6, L): average IE per token group (GROUPS) and layer
+    recommended: dict
+    cost: dict
+    n_candidates: int = 0  # facts read
+    n_known: int = 0  # of those, known to the model (before the --n limit)
+    facts: list[FactTrace] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "n_facts": self.n_facts,
+            "n_candidates": self.n_candidates,
+            "n_known": self.n_known,
+            "n_layers": self.n_layers,
+            "kinds": list(self.kinds),
+            "samples": self.samples,
+            "window": self.window,
+            "noise": self.noise,
+            "p_clean": self.p_clean,
+            "p_corrupted": self.p_corrupted,
+            "total_effect": self.total_effect,
+            "indirect_effect": {
+                k: {"last_subject_token": _floats(self.grouped[k][LAST_SUBJECT]),
+                    "last_token": _floats(self.grouped[k][LAST_TOKEN])} for k in self.kinds},
+            "indirect_effect_by_token_group": {k: dict(zip(GROUPS, map(_floats, self.grouped[k])))
+                                               for k in self.kinds},
+            "recommended": self.recommended,
+            "cost": self.cost,
+        }
+
+
+def _floats(values: np.ndarray) -> list[float | None]:
+    """JSON-ready: NaN (a token group no fact has) becomes None."""
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def recommend(mlp_last_subject: np.ndarray | None) -> dict:
+    """The ROME layer and MEMIT layers ``RULE`` picks from the MLP trace at the last subject token."""
+    if mlp_last_subject is None:
+        return {"rome_layer": None, "memit_layers": None, "rule": RULE + " (needs the mlp kind)"}
+    n = len(mlp_last_subject)
+    rome = int(np.argmax(mlp_last_subject))
+    memit = list(range(max(0, rome + MEMIT_SPAN[0]), min(n - 1, rome + MEMIT_SPAN[1]) + 1))
+    return {"rome_layer": rome, "memit_layers": memit, "peak_indirect_effect": float(mlp_last_subject[rome]),
+            "rule": RULE}
+
+
+def summarize(traces: Sequence[FactTrace], noise: float) -> TraceSummary:
+    if not traces:
+        raise ConfigError("no traced facts to summarize (none of the facts is known to the model?)")
+    kinds = tuple(traces[0].effects)
+    n = traces[0].n_layers
+    grouped = {}
+    for k in kinds:
+        pools: list[list[np.ndarray]] = [[] for _ in GROUPS]
+        for tr in traces:
+            for pool, rows in zip(pools, tr.grouped(k)):
+                pool.extend(rows)
+        grouped[k] = np.stack([np.mean(p, 0) if p else np.full(n, np.nan) for p in pools])
+    nf = len(traces)
+    seconds = sum(t.seconds for t in traces)
+    cost = {
+        "seconds_per_fact": seconds / nf,
+        "forward_calls_per_fact": sum(t.forward_calls for t in traces) / nf,
+        "row_layers_per_fact": sum(t.row_layers for t in traces) / nf,
+        "full_pass_equivalents_per_fact": sum(t.row_layers / ((t.samples + 1) * n) for t in traces) / nf,
+        "reference_passes_per_fact": sum(t.reference_passes() for t in traces) / nf,
+        "mean_tokens": sum(len(t.tokens) for t in traces) / nf,
+    }
+    p_clean = float(np.mean([t.p_clean for t in traces]))
+    p_corr = float(np.mean([t.p_corrupted for t in traces]))
+    return TraceSummary(
+        n_facts=nf, n_layers=n, kinds=kinds, samples=traces[0].samples, window=traces[0].window, noise=noise,
+        p_clean=p_clean, p_corrupted=p_corr, total_effect=p_clean - p_corr, grouped=grouped,
+        recommended=recommend(grouped["mlp"][LAST_SUBJECT] if "mlp" in kinds else None), cost=cost,
+        facts=list(traces),
+    )
+
+
+def causal_trace(
+    model: nn.Module,
+    tokenizer,
+    facts: Sequence[Fact | EditRequest | EditCase],
+    *,
+    n: int | None = None,
+    kinds: Sequence[str] = KINDS,
+    samples: int = 10,
+    window: int | None = None,
+    noise_factor: float = 3.0,
+    seed: int = 0,
+    max_rows: int = 1024,
+    known_only: bool = True,
+    progress: bool | None = None,
+) -> TraceSummary:
+    """Trace the first ``n`` facts the model knows (all facts with ``known_only=False``) and average them.
+
+    The noise level is measured over all given facts' subjects. Fact i's noise draws are seeded by
+    ``(seed, i)``, so a fact's trace does not depend on which others are traced with it.
+    """
+    from editscale.progress import progress_bar
+
+    all_facts = [as_fact(f) for f in facts]
+    if not all_facts:
+        raise ConfigError("no facts to trace")
+    anatomy = get_anatomy(model)
+    n_layers = anatomy.n_layers(model)
+    window = default_window(n_layers) if window is None else window
+    kinds = _check(kinds, samples, window)
+    ensure_pad_token(tokenizer)
+    noise = embedding_noise(model, tokenizer, [f.subject for f in all_facts], noise_factor)
+    chosen = list(enumerate(all_facts))
+    n_known = len(chosen)
+    if known_only:
+        mask = known_mask(model, tokenizer, all_facts)
+        chosen = [(i, f) for (i, f), k in zip(chosen, mask) if k]
+        n_known = len(chosen)
+    chosen = chosen[:n] if n is not None else chosen
+    if not chosen:
+        raise ConfigError(f"none of the {len(all_facts)} facts is known to the model (its greedy continuation "
+                          "never begins with the object); trace other facts or pass known_only=False")
+    traces = []
+    with progress_bar("causal tracing", len(chosen), progress) as advance:
+        for i, f in chosen:
+            tr = trace_fact(model, tokenizer, f, noise=noise, kinds=kinds, samples=samples, window=window,
+                            seed=fact_seed(seed, i), max_rows=max_rows, anatomy=anatomy)
+            traces.append(tr)
+            advance(status=f"{tr.seconds:.1f} s/fact")
+    summary = summarize(traces, noise)
+    summary.n_candidates, summary.n_known = len(all_facts), n_known
+    return summary
+
+
+def fact_seed(seed: int, index: int) -> int:
+    """The noise seed of fact ``index`` in ``causal_trace``."""
+    return seed * 1_000_003 + index
+
