@@ -6,11 +6,12 @@ from typer.testing import CliRunner
 
 from editscale.cli import app
 from editscale.errors import RunStateError
-from editscale.experiment.store import EDIT_METRICS, RunStore
+from editscale.eval.metrics import edit_metric_names
+from editscale.experiment.store import RunStore
 from editscale.report.html import downstream_rows, write_report
 from editscale.report.plots import load_run, trailing_mean
 
-PLOTS = {"proficiency.png", "forgetting.png", "downstream.png", "distance.png"}
+PLOTS = {"proficiency.png", "generation.png", "forgetting.png", "downstream.png", "distance.png"}
 
 
 def fake_run(run_dir, method: str, n: int = 60, flagged: int | None = 40) -> None:
@@ -20,15 +21,19 @@ def fake_run(run_dir, method: str, n: int = 60, flagged: int | None = 40) -> Non
         store.set_meta(config={"model": "testbed:tiny", "method": {"name": method, "hparams": {}}}, status="complete")
         store.record_downstream(0, 0, {"sst2": {"f1": 0.9, "mcc": 0.8}, "rte": {"f1": 0.8, "mcc": 0.05}})
         for u in range(1, n + 1):
-            scores = {m: float(rng.random() < 0.9) for m in EDIT_METRICS}
+            scores = {m: float(rng.random() < 0.9) for m in edit_metric_names()}
             events = ([{"edit_idx": u, "kind": "flagged", "rule": "update_norm", "value": 9.0, "threshold": 1.0}]
                       if u == flagged else [])
             dist = [{"param": f"transformer.h.{layer}.mlp.c_proj.weight", "layer": layer, "n_neurons": 64,
-                     "frobenius": 0.1 * u * (layer + 1), "normalized": 0.1 * u * (layer + 1) / 64,
-                     "update_norm": 0.1} for layer in (0, 1)]
-            store.record_update(u, u, 0.01, 0.005, 3.0, 0.9, False, [{"edit_idx": u, "case_id": str(u), **scores}], dist, events)
+                     "n_elements": 64 * 16, "frobenius": 0.1 * u * (layer + 1),
+                     "distance_per_element": 0.1 * u * (layer + 1) / 1024,
+                     "distance_per_neuron": 0.1 * u * (layer + 1) / 64, "update_norm": 0.1} for layer in (0, 1)]
+            values = {"seconds": 0.01, "compute_seconds": 0.005, "entropy": 3.0, "probe_neighborhood": 0.9}
+            store.record_update(u, u, values, False, [{"edit_idx": u, "case_id": str(u), **scores}], dist, events)
             if u % 10 == 0:
-                store.record_recheck(u, u, {e: e % 3 != 0 for e in range(1, u)})
+                store.record_recheck(u, u, n_correct=u, n_forgotten=u // 5,
+                                     holds_prob={e: e % 3 != 0 for e in range(1, u)},
+                                     correct={e: e % 5 != 0 for e in range(1, u)})
             if u % 20 == 0:
                 store.record_downstream(u, u, {"sst2": {"f1": 0.9 - u / 100}, "rte": {"f1": 0.8}})
 
@@ -42,6 +47,8 @@ def test_report_of_two_runs(tmp_path):
     assert all(f'src="{p}"' in html for p in PLOTS)
     assert "<td>rome</td>" in html and "<td>memit</td>" in html
     assert "<td>40</td>" in html  # rome's first flagged edit
+    assert "<th>forgotten %</th>" in html and "<th>forgotten (P) %</th>" in html
+    assert "<td>20.0</td>" in html  # the paper's forgetting at the last re-check: 12 of 60
 
 
 def test_report_downstream_table_flags_tasks_at_chance(tmp_path):

@@ -34,7 +34,8 @@ TESTS = Path(__file__).parent
 COMPARED = {  # per-edit results that must be identical after a resume
     "edits": "SELECT * FROM edits ORDER BY edit_idx",
     "distances": "SELECT * FROM distances ORDER BY update_idx, param",
-    "rechecks": "SELECT update_idx, n_edits, n_checked, n_forgotten, forgotten_pct FROM rechecks ORDER BY update_idx",
+    "rechecks": "SELECT update_idx, n_edits, n_correct, n_forgotten, forgotten, n_checked_prob, n_forgotten_prob, "
+                "forgotten_prob FROM rechecks ORDER BY update_idx",
     "recheck_items": "SELECT * FROM recheck_items ORDER BY update_idx, edit_idx",
     "events": "SELECT update_idx, edit_idx, kind, rule, value, threshold FROM events ORDER BY id",
     "updates": "SELECT update_idx, n_edits, entropy, probe_neighborhood, refused FROM updates ORDER BY update_idx",
@@ -111,7 +112,7 @@ def test_run_records_everything(fixture_files, tmp_path):
     model_dir, data = fixture_files
     summary = run_experiment(config(model_dir, data, batch=2, edits=11), tmp_path / "run", progress=False)
     assert summary["edits"] == 11 and set(summary) >= {"efficacy", "paraphrase", "neighborhood", "forgotten",
-                                                        "flagged"}
+                                                        "forgotten_prob", "gen_efficacy", "gen_entropy", "flagged"}
     with RunStore.in_dir(tmp_path / "run") as store:
         meta = store.meta()
         assert meta["status"] == "complete" and meta["config"]["edits"] == 11
@@ -122,7 +123,9 @@ def test_run_records_everything(fixture_files, tmp_path):
         assert store.rows("SELECT update_idx FROM rechecks") == [(5,), (6,)]
         dist = store.frame("distances")
         assert set(dist.param) == {"transformer.h.0.mlp.c_proj.weight"} and set(dist.layer) == {0}
-        assert (dist.normalized == dist.frobenius / dist.n_neurons).all() and (dist.update_norm > 0).all()
+        assert (dist.distance_per_neuron == dist.frobenius / dist.n_neurons).all() and (dist.update_norm > 0).all()
+        assert (dist.distance_per_element == dist.frobenius / dist.n_elements).all()
+        assert (dist.n_elements == 32 * 128).all()  # the paper's Table 2 divides by the elements
         assert dist.frobenius.is_monotonic_increasing or len(dist) == 6
         assert store.checkpoints() == [(6, 11, "checkpoints/update_000006")]
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["update_000006"]  # only the latest
@@ -178,7 +181,7 @@ def test_resume_after_sigkill_is_identical(fixture_files, tmp_path):
     while time.monotonic() < deadline and proc.poll() is None:
         db = killed / "results.sqlite"
         if db.exists():
-            with contextlib.suppress(sqlite3.OperationalError), RunStore(db) as store:  # may be half-created
+            with contextlib.suppress(sqlite3.OperationalError, RunStateError), RunStore(db) as store:  # half-made?
                 if store.last_update() >= target:
                     break
         time.sleep(0.02)
@@ -214,7 +217,8 @@ def test_cli_run_resume_single_edit_test_and_errors(fixture_files, tmp_path, cli
     code, out, err = cli("single-edit-test", str(tmp_path / "r"), "--normal", "2", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["flagged"]["n"] == 0 and result["normal"]["n"] == 2 and result["normal"]["normalized"] > 0
+    assert result["flagged"]["n"] == 0 and result["normal"]["n"] == 2
+    assert result["normal"]["distance_per_element"] > 0
 
     cfg.write_text(cfg.read_text().replace("forget_every: 3", "forget_every: 0"))
     code, out, err = cli("run", str(cfg), "--out", str(tmp_path / "bad"))
@@ -249,8 +253,8 @@ def test_rome_interrupted_and_resumed_matches(fixture_files, tmp_path, monkeypat
 
 def test_demo_plumbing(fixture_files, tmp_path, monkeypatch):
     """``run_demo`` without the testbed: one run per method, the report, a rerun reuses finished runs."""
-    from editscale.experiment import runner
-    from editscale.model import loading
+    from editscale import demo as runner
+    from editscale import names as loading
 
     model_dir, data = fixture_files
     monkeypatch.setattr(loading, "resolve_model_path", lambda name: str(model_dir))

@@ -23,13 +23,13 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(clean(obj)) + "\n")
 
 
-SCORE_KEYS = ("efficacy", "paraphrase", "neighborhood", "score")
-
-
 def print_scores(title: str, columns: dict[str, dict]) -> None:
-    """A table of CounterFact scores (rows: metrics; one column per named summary), as percentages."""
+    """A table of CounterFact summaries (rows: metrics, labelled and formatted as their declarations in
+    ``editscale.eval.metrics`` say; one column per named summary)."""
     from rich.console import Console
     from rich.table import Table
+
+    from editscale.eval.metrics import METRICS
 
     console = Console()
     console.print(title)
@@ -40,11 +40,15 @@ def print_scores(title: str, columns: dict[str, dict]) -> None:
     first = next(iter(columns.values()))
     table.add_row("n", *[str(c.get("n", "")) for c in columns.values()])
     for key in [k for k in first if k != "n"]:
+        metric = METRICS.get(key)
         cells = []
         for c in columns.values():
             v = c.get(key)
-            cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else
-                         (f"{100 * v:.1f}" if key in SCORE_KEYS or key.endswith("_acc") else f"{v:+.3f}"))
-        table.add_row(key, *cells)
+            if metric is not None:
+                cells.append(metric.format(v))
+            else:  # the Score
+                cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}")
+        label = metric.label if metric is not None else key
+        table.add_row(label + (" %" if metric is None or metric.percent else ""), *cells)
     console.print(table)
-    print("(scores in %, magnitudes as probability differences)")
+    print("(% rows in percent; magnitudes as probability differences; entropy in bits)")

@@ -19,18 +19,25 @@ def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from editscale.eval.metrics import METRICS
+
     def fmt(key: str, v: Any) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return "-"
-        if key in ("efficacy", "paraphrase", "neighborhood", "forgotten"):
+        if key in METRICS:
+            m = METRICS[key]
+            return m.format(v) + (" %" if m.percent else "")
+        if key == "score":
             return f"{100 * v:.1f} %"
         if isinstance(v, list):
             return ", ".join(map(str, v[:20])) + (f" ... ({len(v)} in all)" if len(v) > 20 else "") or "none"
         return str(v)
 
-    table = Table(title=f"run {run_dir}", caption="scores: mean over the last 50 edits", show_header=False)
+    table = Table(title=f"run {run_dir}", caption="per-edit metrics: mean over the last 50 edits; forgotten: "
+                  "at the last re-check (the scale paper's definition; _prob: P(new) > P(true))", show_header=False)
     for key, v in summary.items():
-        table.add_row(key, fmt(key, v))
+        label = METRICS[key].label if key in METRICS else key
+        table.add_row(label, fmt(key, v))
     Console().print(table)
 
 
@@ -98,17 +105,20 @@ def single_edit_test_command(
         print_json(result)
         return
     table = Table(title=f"single edits on the unedited model ({run_dir})")
-    for col in ("edit", "kind", "normalized distance", "frobenius", "efficacy", "neighborhood", "entropy"):
+    for col in ("edit", "kind", "distance / element", "distance / neuron", "frobenius", "efficacy", "neighborhood",
+                "entropy"):
         table.add_column(col, justify="right")
     for r in result["edits"]:
-        table.add_row(str(r["edit_idx"]), r["kind"], f"{r['normalized']:.3e}", f"{r['frobenius']:.4g}",
+        table.add_row(str(r["edit_idx"]), r["kind"], f"{r['distance_per_element']:.3e}",
+                      f"{r['distance_per_neuron']:.3e}", f"{r['frobenius']:.4g}",
                       f"{r['efficacy']:.2f}", f"{r['neighborhood']:.2f}",
                       "-" if r["entropy"] is None else f"{r['entropy']:.2f}")
     Console().print(table)
     for kind in ("flagged", "normal"):
         g = result[kind]
         if g["n"]:
-            print(f"{kind}: {g['n']} edits, mean normalized distance {g['normalized']:.3e}")
+            print(f"{kind}: {g['n']} edits, mean distance per element {g['distance_per_element']:.3e} "
+                  f"(per neuron {g['distance_per_neuron']:.3e})")
         else:
             print(f"{kind}: none")
 
@@ -121,7 +131,7 @@ def demo_command(
 ) -> None:
     """Build testbed:demo if needed, edit it sequentially with ROME, r-ROME, MEMIT and FT-L on the same
     seeded sample, and write the report."""
-    from editscale.experiment.runner import run_demo
+    from editscale.demo import run_demo
 
     page = run_demo(out, edits=edits)
     print(f"report: {page}")

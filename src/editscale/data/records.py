@@ -91,8 +91,11 @@ class EditCase:
     - ``attribute_prompts``: prompts about other subjects whose object is ``target_new`` (ROME's
       essence/attribute prompts).
     - ``generation_prompts``: open prompts for fluency / consistency checks.
-    - ``other_fact_prompts``: (prompt, true object) pairs for other relations of the same subject, used by
-      ROME's KL term to keep the subject's other facts; optional.
+    - ``other_fact_prompts``: (prompt, true object) pairs for other relations of the same subject; editscale's
+      variant of the KL term can keep them (``kl_other_facts``; the reference uses only "{subject} is a");
+      optional.
+    - ``reference_texts``: texts about the new object, for the reference score (ROME's consistency, RS);
+      optional (without them RS uses the attribute prompts completed with the new object).
     """
 
     request: EditRequest
@@ -102,12 +105,14 @@ class EditCase:
     attribute_prompts: tuple[str, ...] = ()
     generation_prompts: tuple[str, ...] = ()
     other_fact_prompts: tuple[tuple[str, str], ...] = field(default=())
+    reference_texts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.request, EditRequest):
             raise RecordError("EditCase.request must be an EditRequest")
         where = f"record {self.request.case_id!r}"
-        for name in ("paraphrase_prompts", "neighborhood_prompts", "attribute_prompts", "generation_prompts"):
+        for name in ("paraphrase_prompts", "neighborhood_prompts", "attribute_prompts", "generation_prompts",
+                     "reference_texts"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
                 raise RecordError(f"{where}: field '{name}' must be a list of strings")
@@ -143,7 +148,9 @@ class EditCase:
             attribute_prompts=tuple(d.get("attribute_prompts", ())),
             generation_prompts=tuple(d.get("generation_prompts", ())),
             other_fact_prompts=tuple(tuple(p) for p in d.get("other_fact_prompts", ())),
+            reference_texts=tuple(d.get("reference_texts", ())),
         )
+
 
 @dataclass(frozen=True)
 class Fact:

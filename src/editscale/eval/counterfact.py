@@ -1,52 +1,52 @@
-"""CounterFact metrics (ROME paper section 5, appendix B; MEMIT appendix C), batched over all cases.
+"""CounterFact evaluation (ROME paper section 5, appendix B; MEMIT appendix C), batched over all cases.
 
-Per case, with P(x) the per-token geometric-mean probability of continuation x (ROME's comparison):
-- efficacy: [P(new) > P(true)] on the edit prompt; magnitude P(new) - P(true);
-- paraphrase: the same, averaged over the paraphrase prompts;
-- neighborhood: [P(true) > P(new)] on prompts about other subjects (their own true object), averaged;
-  magnitude P(true) - P(new);
-- ``*_acc``: zsRE-style top-1 accuracy, the fraction of target tokens that are the model's argmax given the
-  prompt and the preceding target tokens (new target on edit/paraphrase prompts, the neighbour's true object
-  on neighbourhood prompts). Where a record has no true target, this is also what efficacy reports.
-Score is the harmonic mean of efficacy, paraphrase and neighborhood, as in the papers.
+``evaluate_cases`` computes the per-edit metrics declared in ``editscale.eval.metrics`` (all of them, or the
+ones asked for) for every case: the probability comparisons of all cases in one ``score_continuations`` call,
+the greedy continuations of all edit and paraphrase prompts in one batched decode, and the sampled texts of
+all generation prompts in another, each only when a requested metric reads it.
 
-Everything for all cases is scored in one ``score_continuations`` call.
+Score is the harmonic mean of efficacy, paraphrase and neighborhood, as in the papers; it is NaN unless all
+three were measured (the reference code needs all three).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from editscale.data.records import EditCase
-from editscale.eval.scoring import ContinuationScores, harmonic_mean, score_continuations
+from editscale.eval.metrics import CaseView, Group, edit_metric_names, get_metric, nanmean, reference_texts
+from editscale.eval.scoring import (
+    generate,
+    greedy_continuations,
+    harmonic_mean,
+    score_continuations,
+)
+from editscale.model.tokens import continuation_ids
 
-METRICS = ("efficacy", "paraphrase", "neighborhood")
+SCORE_OF = ("efficacy", "paraphrase", "neighborhood")
+GENERATION_LENGTH = 100  # tokens, prompt included (the reference's max_out_len)
 
 
 @dataclass
 class CaseScores:
+    """One case's metric values (``scores.efficacy`` or ``scores.values["efficacy"]``)."""
+
     case_id: str
-    efficacy: float
-    efficacy_magnitude: float
-    efficacy_acc: float
-    paraphrase: float  # NaN where the case has no paraphrase prompts
-    paraphrase_magnitude: float
-    paraphrase_acc: float
-    neighborhood: float  # NaN where the case has no neighbourhood prompts
-    neighborhood_magnitude: float
-    neighborhood_acc: float
+    values: dict[str, float]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def __getattr__(self, name: str) -> float:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
 
-
-def _nanmean(values: Sequence[float]) -> float:
-    vals = [v for v in values if not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
+    def to_dict(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, **self.values}
 
 
 @dataclass
@@ -56,77 +56,126 @@ class CounterFactResult:
     def summary(self) -> dict[str, float | int]:
         """Means over cases (cases lacking a prompt kind are left out of that mean) and the Score."""
         out: dict[str, float | int] = {"n": len(self.cases)}
-        for m in METRICS:
-            for suffix in ("", "_magnitude", "_acc"):
-                out[m + suffix] = _nanmean([getattr(c, m + suffix) for c in self.cases])
-        present = [out[m] for m in METRICS if not math.isnan(out[m])]
-        out["score"] = harmonic_mean(present) if present else float("nan")
+        names = list(dict.fromkeys(k for c in self.cases for k in c.values))
+        for m in names:
+            out[m] = nanmean([c.values.get(m, float("nan")) for c in self.cases])
+        parts = [out.get(m, float("nan")) for m in SCORE_OF]
+        out["score"] = float("nan") if any(math.isnan(p) for p in parts) else harmonic_mean(parts)
         return out
 
 
-class _Pairs:
-    """Collects (prompt, target) pairs and remembers where each case's pairs are."""
+class ReferenceScorer:
+    """ROME's reference score: TF-IDF cosine between generated text and reference text about the new object.
 
-    def __init__(self) -> None:
-        self.prompts: list[str] = []
-        self.targets: list[str] = []
+    The vectorizer is fitted once on the reference texts of the given cases (see ``metrics.reference_texts``).
+    """
 
-    def add(self, prompts: Sequence[str], target: str) -> slice:
-        start = len(self.prompts)
-        self.prompts.extend(prompts)
-        self.targets.extend([target] * len(prompts))
-        return slice(start, len(self.prompts))
+    def __init__(self, cases: Sequence[EditCase]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
 
+        texts = list(dict.fromkeys(t for c in cases for t in reference_texts(c)))
+        self.vectorizer = TfidfVectorizer().fit(texts) if texts else None
 
-def _compare(scores: ContinuationScores, good: slice, bad: slice | None) -> tuple[float, float]:
-    """Fraction of prompts where the good target beats the bad one, and the mean probability gap."""
-    if good.stop == good.start:
-        return float("nan"), float("nan")
-    if bad is None:
-        acc = scores.all_argmax[good].double().mean().item()
-        return acc, float("nan")
-    nll_good, nll_bad = scores.mean_nll[good], scores.mean_nll[bad]
-    p_good, p_bad = scores.prob[good], scores.prob[bad]
-    return (nll_good < nll_bad).double().mean().item(), (p_good - p_bad).mean().item()
+    def __call__(self, case: EditCase, generated: Sequence[str]) -> float:
+        refs = reference_texts(case)
+        if self.vectorizer is None or not refs or not generated:
+            return float("nan")
+        enc = self.vectorizer.transform([" ".join(generated), " ".join(refs)]).toarray()
+        na, nb = float((enc[0] ** 2).sum()) ** 0.5, float((enc[1] ** 2).sum()) ** 0.5
+        return float(enc[0] @ enc[1]) / (na * nb) if na and nb else 0.0
 
 
-def _acc(scores: ContinuationScores, sl: slice) -> float:
-    return scores.token_accuracy[sl].mean().item() if sl.stop > sl.start else float("nan")
+def _prompts_of(case: EditCase, group: str, target: str) -> tuple[Sequence[str], str | None]:
+    """The prompts of a group and the target they are scored with (None: the case has no such target)."""
+    req = case.request
+    if group == "edit":
+        prompts: Sequence[str] = [req.text]
+    elif group == "paraphrase":
+        prompts = case.paraphrase_prompts
+    elif group == "neighborhood":
+        prompts = case.neighborhood_prompts
+        return prompts, (case.neighbor_true if target == "true" else (req.target_new if case.neighbor_true
+                                                                       else None))
+    elif group == "attribute":
+        prompts = case.attribute_prompts
+    else:
+        raise ValueError(f"unknown prompt group {group!r}")
+    return prompts, (req.target_new if target == "new" else req.target_true)
+
+
+def generation_prompts(case: EditCase) -> list[str]:
+    """Prompts whose sampled texts the generation metrics read: the case's generation prompts, else its edit
+    and paraphrase prompts."""
+    return list(case.generation_prompts) or [case.request.text, *case.paraphrase_prompts]
 
 
 def evaluate_cases(
-    model: nn.Module, tokenizer, cases: Sequence[EditCase], *, batch_size: int = 64
+    model: nn.Module,
+    tokenizer,
+    cases: Sequence[EditCase],
+    *,
+    metrics: Sequence[str] | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    reference: ReferenceScorer | None = None,
+    generation_length: int = GENERATION_LENGTH,
 ) -> CounterFactResult:
-    """Score every case's edit, paraphrase and neighbourhood prompts in one batched pass."""
-    pairs = _Pairs()
-    layout = []
+    """Compute the per-edit ``metrics`` (default: every declared one) of every case.
+
+    ``reference`` is the reference-score vectorizer (default: fitted on these cases); ``seed`` fixes the
+    sampled generations.
+    """
+    chosen = [get_metric(n) for n in (metrics if metrics is not None else edit_metric_names())]
+    if bad := [m.name for m in chosen if m.level != "edit"]:
+        raise ValueError(f"not per-edit metrics: {bad}")
+    groups: list[Group] = list(dict.fromkeys(g for m in chosen for g in m.reads))
+    needs = {n for m in chosen for n in m.needs}
+
+    prompts: list[str] = []
+    targets: list[str] = []
+    layout: list[dict[Group, slice]] = []
     for case in cases:
-        req = case.request
-        edit = [req.text]
-        true = req.target_true
-        slots = {
-            "e_new": pairs.add(edit, req.target_new),
-            "e_true": pairs.add(edit, true) if true else None,
-            "p_new": pairs.add(case.paraphrase_prompts, req.target_new),
-            "p_true": pairs.add(case.paraphrase_prompts, true) if true else None,
-        }
-        neighbor_true = case.neighbor_true
-        if case.neighborhood_prompts and neighbor_true:
-            slots["n_true"] = pairs.add(case.neighborhood_prompts, neighbor_true)
-            slots["n_new"] = pairs.add(case.neighborhood_prompts, req.target_new)
-        else:
-            slots["n_true"], slots["n_new"] = slice(0, 0), None
+        slots = {}
+        for g in groups:
+            ps, target = _prompts_of(case, *g)
+            start = len(prompts)
+            if target and ps:
+                prompts.extend(ps)
+                targets.extend([target] * len(ps))
+            slots[g] = slice(start, len(prompts))
         layout.append(slots)
-    scores = score_continuations(model, tokenizer, pairs.prompts, pairs.targets, batch_size=batch_size)
+    scores = score_continuations(model, tokenizer, prompts, targets, batch_size=batch_size)
+
+    greedy: list[dict[str, list[str]]] = [{} for _ in cases]
+    if "greedy" in needs and cases:
+        rows = [(i, grp, p) for i, c in enumerate(cases) for grp, ps in
+                (("edit", [c.request.text]), ("paraphrase", c.paraphrase_prompts)) for p in ps]
+        n_new = 2 + max(len(continuation_ids(tokenizer, c.request.text, c.request.target_new)) for c in cases)
+        texts = _batched(lambda ps: greedy_continuations(model, tokenizer, ps, n_new), [r[2] for r in rows],
+                         batch_size)
+        for (i, grp, _), text in zip(rows, texts):
+            greedy[i].setdefault(grp, []).append(text)
+
+    samples: list[list[str]] = [[] for _ in cases]
+    if "sampled" in needs and cases:
+        rows2 = [(i, p) for i, c in enumerate(cases) for p in generation_prompts(c)]
+        texts = _batched(lambda ps: generate(model, tokenizer, ps, max_new_tokens=generation_length,
+                                             max_length=generation_length, seed=seed), [r[1] for r in rows2],
+                         batch_size)
+        for (i, _), text in zip(rows2, texts):
+            samples[i].append(text)
+    if "reference" in needs and reference is None:
+        reference = ReferenceScorer(cases)
+
     results = []
-    for case, s in zip(cases, layout):
-        eff, eff_mag = _compare(scores, s["e_new"], s["e_true"])
-        par, par_mag = _compare(scores, s["p_new"], s["p_true"])
-        nei, nei_mag = _compare(scores, s["n_true"], s["n_new"])
-        results.append(CaseScores(
-            case_id=case.case_id,
-            efficacy=eff, efficacy_magnitude=eff_mag, efficacy_acc=_acc(scores, s["e_new"]),
-            paraphrase=par, paraphrase_magnitude=par_mag, paraphrase_acc=_acc(scores, s["p_new"]),
-            neighborhood=nei, neighborhood_magnitude=nei_mag, neighborhood_acc=_acc(scores, s["n_true"]),
-        ))
+    for i, case in enumerate(cases):
+        view = CaseView(case, {g: scores[sl] for g, sl in layout[i].items()}, greedy[i], samples[i], reference)
+        results.append(CaseScores(case.case_id, {m.name: float(m.fn(view)) for m in chosen}))
     return CounterFactResult(results)
+
+
+def _batched(fn, items: list[str], batch_size: int) -> list[str]:
+    out: list[str] = []
+    for start in range(0, len(items), batch_size):
+        out.extend(fn(items[start: start + batch_size]))
+    return out

@@ -8,7 +8,6 @@ taken only at the target positions so large vocabularies stay cheap.
 from __future__ import annotations
 
 import math
-import random
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from editscale.model.compat import cache_kwargs, output_cache
+from editscale.model.loading import model_device
 from editscale.model.tokens import continuation_ids, encode, ensure_pad_token, pad_batch
 
 
@@ -40,9 +41,12 @@ class ContinuationScores:
         """Per-token geometric-mean probability, exp(-mean NLL) (ROME's magnitude quantity)."""
         return torch.exp(-self.mean_nll)
 
+    def __len__(self) -> int:
+        return len(self.logprob)
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    def __getitem__(self, sl: slice) -> ContinuationScores:
+        """The scores of a contiguous range of pairs."""
+        return ContinuationScores(self.logprob[sl], self.n_tokens[sl], self.all_argmax[sl], self.token_accuracy[sl])
 
 
 @torch.no_grad()
@@ -102,49 +106,79 @@ def score_continuations(
 
 
 @torch.no_grad()
+def generate_ids(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 40,
+    max_length: int | None = None,
+    top_k: int = 5,
+    seed: int = 0,
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, continuation ids) of each prompt: top-k sampling (``top_k=1``: greedy), deterministic for a
+    seed. A row ends at EOS, after ``max_new_tokens`` new tokens, or once it holds ``max_length`` tokens with
+    the prompt (the reference's ``max_out_len``).
+
+    Decoding is done here (not ``model.generate``) so padding and sampling are identical across model families
+    and transformers versions: prompts left-padded, one token per step on the key/value cache, one draw per
+    row per step (rows that ended keep drawing, unused).
+    """
+    ensure_pad_token(tokenizer)
+    device = model_device(model)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    prompt_ids = [encode(tokenizer, p) for p in prompts]
+    seqs = [list(p) for p in prompt_ids]
+    eos = tokenizer.eos_token_id
+    limit = [max_new_tokens if max_length is None else min(max_new_tokens, max_length - len(p)) for p in seqs]
+    done = [n <= 0 for n in limit]
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1 << 30)
+    batch = pad_batch(seqs, tokenizer.pad_token_id, device, left=True)
+    ids, mask = batch.input_ids, batch.attention_mask
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    cache = None
+    for _ in range(max(limit, default=0)):
+        if all(done) or max(len(s) for s in seqs) >= max_pos:
+            break
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache))
+        cache = output_cache(out)
+        last = out.logits[:, -1].float().cpu()
+        if top_k == 1:
+            nxt = last.argmax(-1)
+        else:
+            vals, top = last.topk(min(top_k, last.shape[-1]), dim=-1)
+            choice = torch.multinomial(torch.softmax(vals, -1), 1, generator=gen)[:, 0]
+            nxt = top[torch.arange(len(seqs)), choice]
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                seqs[i].append(t)
+                done[i] = t == eos or len(seqs[i]) - len(prompt_ids[i]) >= limit[i]
+        ids = nxt[:, None].to(device)
+        positions = positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(ids)], 1)
+    return [(p, s[len(p):]) for p, s in zip(prompt_ids, seqs)]
+
+
 def generate(
     model: nn.Module,
     tokenizer,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 40,
+    max_length: int | None = None,
     top_k: int = 5,
     seed: int = 0,
 ) -> list[str]:
-    """Sample continuations (top-k, as ROME's generation tests) deterministically for a seed.
+    """Sampled texts, prompt included (as ROME's generation tests); see ``generate_ids``."""
+    out = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, max_length=max_length,
+                       top_k=top_k, seed=seed)
+    return [tokenizer.decode(p + c, skip_special_tokens=True) for p, c in out]
 
-    Returns prompt + continuation texts. Decoding is done here (not ``model.generate``) so padding and
-    sampling are identical across model families and transformers versions: prompts left-padded, one
-    token per step on the key/value cache, one draw per row per step (rows that ended keep drawing, unused).
-    """
-    ensure_pad_token(tokenizer)
-    device = model_device(model)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    seqs = [encode(tokenizer, p) for p in prompts]
-    eos = tokenizer.eos_token_id
-    done = [False] * len(seqs)
-    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1 << 30)
-    batch = pad_batch(seqs, tokenizer.pad_token_id, device, left=True)
-    ids, mask = batch.input_ids, batch.attention_mask
-    positions = (mask.cumsum(1) - 1).clamp_min(0)
-    cache = None
-    for _ in range(max_new_tokens):
-        if all(done) or max(len(s) for s in seqs) >= max_pos:
-            break
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        last = out.logits[:, -1].float().cpu()
-        vals, top = last.topk(min(top_k, last.shape[-1]), dim=-1)
-        choice = torch.multinomial(torch.softmax(vals, -1), 1, generator=gen)[:, 0]
-        nxt = top[torch.arange(len(seqs)), choice]
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i]:
-                seqs[i].append(t)
-                done[i] = t == eos
-        ids = nxt[:, None].to(device)
-        positions = positions[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones_like(ids)], 1)
-    return [tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
+
+def greedy_continuations(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """The model's own greedy continuation of each prompt (the continuation's text only)."""
+    out = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, top_k=1)
+    return [tokenizer.decode(c, skip_special_tokens=True) for _, c in out]
 
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -174,11 +208,3 @@ def harmonic_mean(values: Sequence[float]) -> float:
     if any(v <= 0 for v in values):
         return 0.0
     return len(values) / sum(1.0 / v for v in values)
-
-
-def seeded_sample(items: Sequence, k: int, seed: int) -> list:
-    """A deterministic sample of k items (all, shuffled, if k >= len)."""
-    rng = random.Random(seed)
-    items = list(items)
-    rng.shuffle(items)
-    return items[:k]

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from editscale.data.records import EditCase
-from editscale.errors import ConfigError
+from editscale.errors import ConfigError, config_error
 
 
 class _Strict(BaseModel):
@@ -88,7 +88,29 @@ class RunConfig(_Strict):
     device: str | None = None
     threads: int | None = Field(None, ge=1)  # torch CPU threads (default: torch's); a resume uses the run's
     checkpoint: bool = True  # write a checkpoint at every re-check point (needed for --resume)
+    # per-edit metrics scored for each new edit (editscale.eval.metrics; default: all declared). Forgetting
+    # needs efficacy and efficacy_correct, which are always added.
+    metrics: list[str] | None = None
     guard: GuardConfig = Field(default_factory=GuardConfig)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        from editscale.eval.metrics import edit_metric_names
+
+        known = edit_metric_names()
+        if bad := [m for m in v if m not in known]:
+            raise ValueError(f"unknown per-edit metric {bad[0]!r}; known: {', '.join(known)}")
+        return list(dict.fromkeys(["efficacy", "efficacy_correct", *v]))
+
+    @property
+    def edit_metrics(self) -> tuple[str, ...]:
+        """The per-edit metrics this run scores."""
+        from editscale.eval.metrics import edit_metric_names
+
+        return tuple(self.metrics) if self.metrics is not None else edit_metric_names()
 
     @field_validator("method", mode="before")
     @classmethod
@@ -105,7 +127,7 @@ class RunConfig(_Strict):
     @property
     def tasks(self) -> str:
         """The downstream tasks: as given, else a testbed model's skills, else the paper's four GLUE tasks."""
-        from editscale.methods.hparams import MANIFEST_FILE
+        from editscale.model.loading import MANIFEST_FILE
 
         if self.downstream_tasks is not None:
             return self.downstream_tasks
@@ -114,23 +136,6 @@ class RunConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-def _one_line(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "missing":
-        return f"{source} field '{field}' is missing"
-    if first["type"] == "extra_forbidden":
-        return f"{source} has an unknown field '{field}'"
-    got = first.get("input")
-    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-    more = f"; {len(err.errors()) - 1} more error(s)" if len(err.errors()) > 1 else ""
-    return f"{source} field '{field}': {msg}{shown}{more}"
 
 
 def parse_config(data: Any, source: str = "run config") -> RunConfig:
@@ -142,7 +147,7 @@ def parse_config(data: Any, source: str = "run config") -> RunConfig:
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_one_line(e, source)) from None
+        raise config_error(source, e) from None
     from editscale.methods.base import get_method_class
 
     try:

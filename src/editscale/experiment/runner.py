@@ -8,11 +8,17 @@ Numbering: update ``u`` = 1..U applies edits ``(u-1)*batch + 1 .. u*batch`` (edi
 update 0 is the unedited model (the downstream baseline). The schedule, per update ``u``:
 
 1. compute the update (the method's ``Delta``) and apply it;
-2. measure every matrix edited so far: Frobenius distance from its original, that distance over the layer's
-   neurons (the paper's normalized distance), and this update's norm; score the new edits (efficacy,
-   paraphrase, neighborhood); measure the guard's generation entropy and neighborhood probe;
+2. measure every matrix edited so far: Frobenius distance from its original, that distance over the matrix's
+   elements (the scale paper's code and Table 2) and over the layer's neurons (its text), and this update's
+   norm; score the new edits with every per-edit metric of the run (``editscale.eval.metrics``); measure the
+   guard's generation entropy and neighborhood probe;
 3. the guard flags a disabling update and, when configured, reverts it;
-4. ``u % forget_every == 0`` or the last update: re-check every earlier successful edit;
+4. ``u % forget_every == 0`` or the last update: re-check every earlier edit that was correct when made.
+   Forgetting as the scale paper's code (``downstream_eval/fact_forgetting.py``): an edit is correct when every
+   token of its new target is the argmax after the edit prompt (teacher forced); it is forgotten from the
+   first re-check at which it is not, and stays counted; the percentage divides by the edits correct so far
+   (the current update's included). Beside it, ``forgotten_prob``: of the earlier edits with P(new) > P(true)
+   when made, the share failing that at this re-check (editscale's earlier definition);
 5. ``u % downstream_every == 0``, update 0 or the last update: downstream tasks;
 6. at every re-check point, a checkpoint (after everything of update ``u`` is stored).
 
@@ -29,7 +35,7 @@ import platform
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -42,7 +48,10 @@ from torch import nn
 
 from editscale.data.records import EditCase
 from editscale.errors import RunStateError
-from editscale.eval.counterfact import evaluate_cases
+from editscale.eval.counterfact import ReferenceScorer, evaluate_cases
+from editscale.eval.forgetting import Forgetting
+from editscale.eval.metrics import metrics_at, nanmean
+from editscale.eval.scoring import harmonic_mean
 from editscale.experiment.checkpoint import (
     Checkpoint,
     checkpoint_dir,
@@ -60,12 +69,11 @@ from editscale.experiment.guard import (
     generation_entropy,
     weight_distance,
 )
-from editscale.experiment.store import DB_NAME, EDIT_METRICS, RunStore
+from editscale.experiment.store import DB_NAME, RunStore
 from editscale.methods.base import Delta, EditState
 from editscale.model.loading import torch_threads
 from editscale.progress import progress_bar
 
-SUMMARY_WINDOW = 50
 _VERSIONED = ("editscale", "torch", "transformers", "tokenizers", "safetensors", "numpy")
 
 
@@ -118,11 +126,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    vals = [v for v in values if not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
 def _layer_of(param: str, layers_path: str) -> int | None:
     m = re.match(re.escape(layers_path) + r"\.(\d+)\.", param)
     return int(m.group(1)) if m else None
@@ -144,7 +147,7 @@ def _probe_case(case: EditCase) -> EditCase:
 def _downstream_evaluator(cfg: RunConfig, model: nn.Module, tokenizer) -> Callable[[], dict[str, dict[str, float]]]:
     """Prepare the downstream suite once; the returned callable evaluates the model as it is now."""
     from editscale.eval.downstream import DownstreamSuite, resolve_tasks
-    from editscale.model.loading import resolve_model_path
+    from editscale.names import resolve_model_path
 
     tasks = resolve_tasks(cfg.tasks, data_dir=cfg.downstream_data_dir, n=cfg.downstream_n, seed=cfg.seed,
                           model_dir=resolve_model_path(cfg.model))
@@ -156,8 +159,9 @@ class _Run:
     """One run's live objects: model, editor, store, guard and what the loop carries between updates."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, cases: list[EditCase], progress: bool | None) -> None:
-        from editscale.api import Editor
-        from editscale.model.loading import fingerprint, load_model
+        from editscale.methods.editor import Editor
+        from editscale.model.loading import fingerprint
+        from editscale.names import load_model
 
         self.cfg, self.run_dir, self.cases, self.progress = cfg, run_dir, cases, progress
         self.schedule = Schedule.of(cfg)
@@ -172,11 +176,14 @@ class _Run:
         self.entropy_prompts = entropy_prompts(cases, cfg.guard.entropy_prompts) if on else []
         n_probe = cfg.guard.probe_cases if on else 0
         self.probe = [_probe_case(c) for c in cases[len(cases) - n_probe:] if c.neighborhood_prompts] if n_probe else []
+        self.edit_metrics = cfg.edit_metrics
+        needs_reference = any("reference" in m.needs for m in metrics_at("edit") if m.name in self.edit_metrics)
+        self.reference = ReferenceScorer(cases) if needs_reference else None
         # carried between updates (and in checkpoints)
         self.originals: dict[str, torch.Tensor] = {}  # one copy of each edited matrix, stored layout
         self.transposed: dict[str, bool] = {}
         self.last_frobenius: dict[str, float] = {}
-        self.successful: list[int] = []  # edits that succeeded when made and were kept
+        self.forgetting = Forgetting()
         self._store: RunStore | None = None
 
     @property
@@ -190,7 +197,7 @@ class _Run:
 
     # --- start and resume -------------------------------------------------------------------------------
     def create_store(self) -> None:
-        store = RunStore.in_dir(self.run_dir, create=True)
+        store = RunStore(self.run_dir / DB_NAME, create=True, edit_metrics=self.edit_metrics)
         store.set_meta(config=self.cfg.to_dict(), hparams=self.editor.hparams.to_dict(),
                        versions=package_versions(), fingerprint=self.fingerprint, threads=torch.get_num_threads(),
                        created=datetime.now(UTC).isoformat(timespec="seconds"), status="running")
@@ -217,7 +224,7 @@ class _Run:
         restore_weights(self.model, self.originals, ckpt)
         self.transposed = dict(ckpt.runner["transposed"])
         self.last_frobenius = dict(ckpt.runner["last_frobenius"])
-        self.successful = list(ckpt.runner["successful"])
+        self.forgetting = Forgetting.from_state_dict(ckpt.runner["forgetting"])
         self.guard.load_state_dict(ckpt.runner["guard"])
         self.editor.state = ckpt.state
         set_rng_states(ckpt.rng)
@@ -244,7 +251,8 @@ class _Run:
         delta.apply(self.model)
         norms = delta.norms()
         distances, jump = self._distances(norms)
-        scores = evaluate_cases(self.model, self.tok, batch, batch_size=self.cfg.eval_batch_size).cases
+        scores = evaluate_cases(self.model, self.tok, batch, metrics=self.edit_metrics, reference=self.reference,
+                                batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed).cases
         signals = UpdateSignals(update_norm=math.sqrt(sum(n * n for n in norms.values())), distance_jump=jump,
                                 entropy=self._entropy(), neighborhood=self._probe_neighborhood())
         flags = self.guard.check(signals)
@@ -256,7 +264,8 @@ class _Run:
         else:
             delta.forget_originals()
             self.guard.accept(signals)
-            self.successful.extend(i for i, s in zip(idx, scores) if s.efficacy == 1.0)
+            for i, s in zip(idx, scores):
+                self.forgetting.made(i, correct=s.efficacy_correct == 1.0, successful=s.efficacy == 1.0)
         self.last_frobenius.update({d["param"]: d["frobenius"] for d in distances})
         last_edit = idx[-1]
         events = [{"edit_idx": last_edit, "kind": "flagged", "rule": f.rule, "value": f.value,
@@ -264,14 +273,15 @@ class _Run:
         if refused:
             events.append({"edit_idx": last_edit, "kind": "refused", "rule": ",".join(f.rule for f in flags),
                            "detail": "update reverted by the guard"})
+        values = {"seconds": time.perf_counter() - t0, "compute_seconds": compute_seconds,
+                  "entropy": signals.entropy, "probe_neighborhood": signals.neighborhood}
         self.store.record_update(
-            u, last_edit, time.perf_counter() - t0, compute_seconds, signals.entropy, signals.neighborhood, refused,
-            edits=[{"edit_idx": i, "case_id": c.case_id, **{m: getattr(s, m) for m in EDIT_METRICS}}
-                   for i, c, s in zip(idx, batch, scores)],
+            u, last_edit, values, refused,
+            edits=[{"edit_idx": i, "case_id": c.case_id, **s.values} for i, c, s in zip(idx, batch, scores)],
             distances=distances, events=events)
-        status = f"eff {_nanmean([s.efficacy for s in scores]):.2f}"
+        status = f"eff {nanmean([s.efficacy for s in scores]):.2f}"
         if self.schedule.recheck(u):
-            status += f" forgotten {self._recheck(u, first_new=idx[0]):.0f}%"
+            status += f" forgotten {100 * self._recheck(u, first_new=idx[0], last_edit=last_edit):.0f}%"
         if self.schedule.downstream(u) and self.downstream is not None:
             self.store.record_downstream(u, last_edit, self.downstream())
         if self.schedule.recheck(u) and self.cfg.checkpoint:
@@ -294,10 +304,10 @@ class _Run:
         params = dict(self.model.named_parameters())
         rows, jump = [], 0.0
         for name, orig in self.originals.items():
-            frob, normalized, n_neurons = weight_distance(params[name], orig)
-            rows.append({"param": name, "layer": _layer_of(name, self.anatomy.layers), "n_neurons": n_neurons,
-                         "frobenius": frob, "normalized": normalized, "update_norm": norms.get(name, 0.0)})
-            jump = max(jump, frob - self.last_frobenius.get(name, 0.0))
+            dist = weight_distance(params[name], orig)
+            rows.append({"param": name, "layer": _layer_of(name, self.anatomy.layers), **dist,
+                         "update_norm": norms.get(name, 0.0)})
+            jump = max(jump, dist["frobenius"] - self.last_frobenius.get(name, 0.0))
         return rows, jump
 
     def _entropy(self) -> float | None:
@@ -309,24 +319,30 @@ class _Run:
     def _probe_neighborhood(self) -> float | None:
         if not self.probe:
             return None
-        res = evaluate_cases(self.model, self.tok, self.probe, batch_size=self.cfg.eval_batch_size)
+        res = evaluate_cases(self.model, self.tok, self.probe, metrics=("neighborhood",),
+                             batch_size=self.cfg.eval_batch_size)
         return res.summary()["neighborhood"]
 
-    def _recheck(self, u: int, first_new: int) -> float:
-        """Re-test every earlier successful edit; returns the percentage forgotten."""
+    def _recheck(self, u: int, first_new: int, last_edit: int) -> float:
+        """Re-test every earlier edit that was correct (or P-successful) when made; returns the fraction
+        forgotten by the paper's definition (``editscale.eval.forgetting``)."""
         t0 = time.perf_counter()
-        earlier = [e for e in self.successful if e < first_new]
-        holds: dict[int, bool] = {}
-        if earlier:
-            cases = [_recheck_case(self.cases[e - 1]) for e in earlier]
-            res = evaluate_cases(self.model, self.tok, cases, batch_size=self.cfg.eval_batch_size)
-            holds = {e: s.efficacy == 1.0 for e, s in zip(earlier, res.cases)}
-        self.store.record_recheck(u, self.schedule.n_edits_after(u), holds, time.perf_counter() - t0)
-        return 100.0 * sum(not h for h in holds.values()) / len(holds) if holds else 0.0
+        checked = self.forgetting.to_check(first_new)
+        now: dict[int, tuple[bool, bool]] = {}
+        if checked:
+            cases = [_recheck_case(self.cases[e - 1]) for e in checked]
+            res = evaluate_cases(self.model, self.tok, cases, metrics=("efficacy", "efficacy_correct"),
+                                 batch_size=self.cfg.eval_batch_size)
+            now = {e: (s.efficacy == 1.0, s.efficacy_correct == 1.0) for e, s in zip(checked, res.cases)}
+        rc = self.forgetting.recheck(u, last_edit, first_new, now)
+        self.store.record_recheck(u, self.schedule.n_edits_after(u), n_correct=rc.n_correct,
+                                  n_forgotten=rc.n_forgotten, holds_prob=rc.holds_prob, correct=rc.correct,
+                                  seconds=time.perf_counter() - t0)
+        return rc.forgotten
 
     def _checkpoint(self, u: int) -> None:
         runner = {"transposed": self.transposed, "last_frobenius": self.last_frobenius,
-                  "successful": self.successful, "guard": self.guard.state_dict()}
+                  "forgetting": self.forgetting.state_dict(), "guard": self.guard.state_dict()}
         path = save_checkpoint(self.run_dir, u, self.schedule.n_edits_after(u), self.model, self.originals,
                                self.transposed, self.editor.state, runner)
         self.store.record_checkpoint(u, self.schedule.n_edits_after(u), str(path.relative_to(self.run_dir)))
@@ -342,7 +358,7 @@ def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *
     if (run_dir / DB_NAME).exists():
         raise RunStateError(f"{run_dir} already holds a run; continue it with `editscale run --resume {run_dir}` "
                             "or choose another --out")
-    from editscale.data import load_cases
+    from editscale.names import load_cases
 
     cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed, cfg.unique)
     with torch_threads(cfg.threads):
@@ -400,51 +416,19 @@ def _continue(run: _Run, meta: dict[str, Any]) -> None:
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
-    """The run's headline: edits made, scores over the last 50 edits, forgotten fraction, flagged edits."""
-    with RunStore.in_dir(run_dir) as store:
-        n = store.rows("SELECT COUNT(*) FROM edits")[0][0]
-        means = store.rows(
-            "SELECT AVG(efficacy), AVG(paraphrase), AVG(neighborhood) FROM "
-            f"(SELECT * FROM edits ORDER BY edit_idx DESC LIMIT {SUMMARY_WINDOW})")[0]
-        last = store.rows("SELECT n_checked, n_forgotten FROM rechecks ORDER BY update_idx DESC LIMIT 1")
-        flagged = [r[0] for r in store.rows("SELECT DISTINCT edit_idx FROM events WHERE kind = 'flagged' "
-                                            "ORDER BY edit_idx")]
-        refused = [r[0] for r in store.rows("SELECT DISTINCT edit_idx FROM events WHERE kind = 'refused' "
-                                            "ORDER BY edit_idx")]
-    forgotten = (last[0][1] / last[0][0]) if last and last[0][0] else (0.0 if last else None)
-    return {"edits": n, "efficacy": means[0], "paraphrase": means[1], "neighborhood": means[2],
-            "forgotten": forgotten, "flagged": flagged, "refused": refused}
-
-
-DEMO_METHODS = ("rome", "r-rome", "memit", "ft-l")
-
-
-def demo_config(method: str, edits: int) -> RunConfig:
-    """The demo's run: sequential edits of testbed:demo with its own facts, the issue's smallest config."""
-    return parse_config({"model": "testbed:demo", "method": method, "data": "testbed:demo", "edits": edits,
-                         "batch": 1, "forget_every": 10, "downstream_every": 50, "seed": 0})
-
-
-def run_demo(out_dir: str | Path, edits: int = 300, methods: Sequence[str] = DEMO_METHODS, *,
-             progress: bool | None = None) -> Path:
-    """Build testbed:demo if needed, run each method on the same seeded sample into ``out_dir/METHOD``
-    (continuing runs a killed demo left), and write the report into ``out_dir/report``; returns report.html."""
-    from editscale.model.loading import resolve_model_path
-    from editscale.report.html import write_report
-
-    resolve_model_path("testbed:demo")
-    out = Path(out_dir)
-    dirs = []
-    for method in methods:
-        cfg, run_dir = demo_config(method, edits), out / method
-        if (run_dir / DB_NAME).exists():
-            with RunStore.in_dir(run_dir) as store:
-                stored = store.meta().get("config")
-            if stored != cfg.to_dict():
-                raise RunStateError(f"{run_dir} holds a run with another config (e.g. another number of edits); "
-                                    "choose another --out")
-            resume(run_dir, progress=progress)
-        else:
-            run_experiment(cfg, run_dir, progress=progress)
-        dirs.append(run_dir)
-    return write_report(dirs, out / "report")
+    """The run's headline: edits made, each summarised per-edit metric's mean over the last 50 edits (None: not
+    measured), the Score, the forgotten fractions at the last re-check (the paper's and ``forgotten_prob``),
+    flagged and refused edits."""
+    names = [m.name for m in metrics_at("edit") if m.summary]
+    with RunStore.in_dir(run_dir, readonly=True) as store:
+        n = store.n_edits_done()
+        means = store.last_edit_means(names)
+        last = store.last_recheck()
+        flagged, refused = store.event_edits("flagged"), store.event_edits("refused")
+    parts = [means.get(m, float("nan")) for m in ("efficacy", "paraphrase", "neighborhood")]
+    score = float("nan") if any(math.isnan(p) for p in parts) else harmonic_mean(parts)
+    out: dict[str, Any] = {"edits": n, **means, "score": score}
+    out = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}  # unmeasured
+    for key in ("forgotten", "forgotten_prob"):
+        out[key] = None if last is None else (last[key] if last[key] is not None else 0.0)
+    return {**out, "flagged": flagged, "refused": refused}

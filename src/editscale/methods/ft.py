@@ -1,7 +1,11 @@
 """Fine-tuning one layer's MLP output matrix: FT-L (the scale paper's FT-C) and FT-W.
 
 Both minimise the NLL of the new targets on the bare prompts with Adam (lr 5e-4 in the papers), at most
-``steps`` passes, stopping once the mean loss is below ``early_stop``:
+``steps`` passes, stopping once the mean loss is below ``early_stop``; as the reference code (``ft_main.py``:
+``if loss.item() >= 1e-2: loss.backward(); opt.step()``), a batch whose loss is already below it takes no step,
+so an edit the model already satisfies leaves the weights as they are. ``scope`` chooses what is tuned: the
+layer's MLP output matrix (the ROME paper's FT-L; FT-L's default) or every parameter of the layer's block (the
+MEMIT repository's GPT-J FT-W, ``rewrite_module_tmp: transformer.h.{}``; FT-W's default, to compare with it):
 
 - ``ft-l``: after every step the change is clipped to an L-infinity ball, ||W' - W||_inf <= norm_constraint
   (5e-4 for GPT-2 XL, 5e-5 for GPT-J);
@@ -40,12 +44,17 @@ class FtL(EditMethod):
         items = as_items(requests)
         model, anatomy = ctx.model, ctx.anatomy
         body, head = model.base_model, model.get_output_embeddings()
-        name = anatomy.weight_name(hp.layer)
         prefix = model.base_model_prefix + "."
-        local = name.removeprefix(prefix)  # the name inside ``body``
-        w0 = anatomy.weight_param(model, hp.layer).detach()
-        change = torch.zeros(w0.shape, dtype=torch.float32, device=w0.device, requires_grad=True)
-        opt = torch.optim.Adam([change], lr=hp.lr)
+        if hp.scope == "matrix":
+            names = [anatomy.weight_name(hp.layer)]
+        else:
+            block = anatomy.layer_name(hp.layer) + "."
+            names = [n for n, _ in model.named_parameters() if n.startswith(block)]
+        params = dict(model.named_parameters())
+        originals = {n: params[n].detach() for n in names}
+        changes = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device, requires_grad=True)
+                   for n, w in originals.items()}
+        opt = torch.optim.Adam(list(changes.values()), lr=hp.lr)
         layouts = [build_layout(ctx, items[i: i + hp.batch_size], [[""]])
                    for i in range(0, len(items), hp.batch_size)]
         losses: list[float] = []
@@ -53,27 +62,37 @@ class FtL(EditMethod):
             for _ in range(hp.steps):
                 total = 0.0
                 for lay in layouts:
-                    active = torch.ones(lay.bare.shape[0], dtype=torch.bool, device=w0.device)
+                    active = torch.ones(lay.bare.shape[0], dtype=torch.bool, device=lay.bare.device)
                     rsel, remap = lay.rows_of(active)
-                    weight = (w0.float() + change).to(w0.dtype)
-                    hidden = functional_call(body, {local: weight}, args=(), kwargs=lay.inputs(rsel))
+                    weights = {n.removeprefix(prefix): (w.float() + changes[n]).to(w.dtype)
+                               for n, w in originals.items()}
+                    hidden = functional_call(body, weights, args=(), kwargs=lay.inputs(rsel))
                     loss = lay.nll(head, hidden.last_hidden_state, active, remap).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    if hp.weight_decay:
-                        change.grad += hp.weight_decay * (w0.float() + change.detach())
-                    opt.step()
-                    if hp.norm_constraint is not None:
-                        with torch.no_grad():
-                            change.clamp_(-hp.norm_constraint, hp.norm_constraint)
+                    if loss.item() >= hp.early_stop:  # the reference skips the step of a converged batch
+                        opt.zero_grad()
+                        loss.backward()
+                        if hp.weight_decay:
+                            for n, change in changes.items():
+                                if change.grad is not None:
+                                    change.grad += hp.weight_decay * (originals[n].float() + change.detach())
+                        opt.step()
+                        if hp.norm_constraint is not None:
+                            with torch.no_grad():
+                                for change in changes.values():
+                                    change.clamp_(-hp.norm_constraint, hp.norm_constraint)
                     total += loss.item() * lay.bare.shape[0]
                 losses.append(total / len(items))
                 if losses[-1] < hp.early_stop:
                     break
-        dense = change.detach()
-        dense = dense.T if anatomy.transposed else dense  # (out, in)
-        upd = Update(name, anatomy.transposed, dense=dense.contiguous())
-        return Delta({name: upd}, {"method": self.name, "layer": hp.layer, "ft_losses": losses})
+        updates = {}
+        for n, change in changes.items():
+            dense = change.detach()
+            if hp.scope == "matrix":  # described as (out, in)
+                dense = dense.T if anatomy.transposed else dense
+                updates[n] = Update(n, anatomy.transposed, dense=dense.contiguous())
+            else:  # any parameter, in its stored layout
+                updates[n] = Update(n, False, dense=dense.contiguous())
+        return Delta(updates, {"method": self.name, "layer": hp.layer, "scope": hp.scope, "ft_losses": losses})
 
 
 @register

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from editscale.errors import RunStateError
+from editscale.eval.metrics import METRICS, metrics_at
 from editscale.experiment.runner import summarize
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.report.plots import RunData, load_run, write_plots
@@ -15,10 +16,17 @@ from editscale.report.plots import RunData, load_run, write_plots
 _CAPTIONS = {
     "proficiency.png": "Efficacy, paraphrase and neighborhood of each new edit, averaged over the last 5 edits "
                        "(dotted) and the last 50 (solid). Crosses: flagged (possibly disabling) edits.",
-    "forgetting.png": "Percentage of earlier successful edits that no longer hold, at each re-check.",
+    "generation.png": "Without teacher forcing: whether the greedy continuation of the edit prompt (and of the "
+                      "paraphrases) begins with the new object; generation entropy and reference score of "
+                      "sampled texts. Last 5 edits dotted, last 50 solid.",
+    "forgetting.png": "Percentage of earlier edits forgotten at each re-check. Solid: the scale paper's definition "
+                      "(of the edits whose new target was all argmax when made, the share that failed at any "
+                      "re-check since). Dashed: of the earlier edits with P(new) > P(true) when made, the share "
+                      "failing it now.",
     "downstream.png": "Downstream F1 per task (edits = 0: the unedited model).",
-    "distance.png": "Normalized distance of each edited matrix from its original weights: Frobenius norm of "
-                    "W - W_orig divided by the number of neurons of the layer.",
+    "distance.png": "Distance of each edited matrix from its original weights: Frobenius norm of W - W_orig over "
+                    "the number of elements (top; the scale paper's code and Table 2) and over the layer's "
+                    "neurons (bottom; its text).",
 }
 
 
@@ -32,21 +40,24 @@ def _pct(v: float | None) -> str:
 
 
 def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
-    """One row of the summary table."""
+    """One row of the summary table: the run, and every summarised metric as its declaration formats it."""
     s = summarize(run_dir)
-    with RunStore.in_dir(run_dir) as store:
+    with RunStore.in_dir(run_dir, readonly=True) as store:
         meta = store.meta()
-        seconds = store.rows("SELECT SUM(seconds) FROM updates")[0][0] or 0.0
+        seconds = store.update_totals()["seconds"]
     cfg = meta["config"]
-    return {
-        "run": label, "directory": str(run_dir), "method": cfg["method"]["name"], "model": cfg["model"],
-        "status": meta.get("status", "?"), "edits": s["edits"], "efficacy": _pct(s["efficacy"]),
-        "paraphrase": _pct(s["paraphrase"]), "neighborhood": _pct(s["neighborhood"]),
-        "forgotten %": _pct(s["forgotten"]),
-        "first flagged edit": str(s["flagged"][0]) if s["flagged"] else "-",
-        "flagged": str(len(s["flagged"])), "refused": str(len(s["refused"])),
-        "editing time": f"{seconds / 60:.1f} min",
-    }
+    row: dict[str, Any] = {"run": label, "directory": str(run_dir), "method": cfg["method"]["name"],
+                           "model": cfg["model"], "status": meta.get("status", "?"), "edits": s["edits"]}
+    for m in metrics_at("edit"):
+        if m.summary:
+            row[m.label] = m.format(s.get(m.name))
+    row["score"] = _pct(s["score"])
+    for key in ("forgotten", "forgotten_prob"):
+        row[METRICS[key].label] = METRICS[key].format(s[key])
+    row.update({"first flagged edit": str(s["flagged"][0]) if s["flagged"] else "-",
+                "flagged": str(len(s["flagged"])), "refused": str(len(s["refused"])),
+                "editing time": f"{seconds / 60:.1f} min", "threads": str(meta.get("threads", "?"))})
+    return row
 
 
 # Pre-edit Matthews correlation below this: the unedited model is at chance on the task, so a later change of
@@ -77,7 +88,7 @@ def _labels(run_dirs: list[Path]) -> list[str]:
     """Method names, made unique with the directory name where two runs share a method."""
     methods = []
     for d in run_dirs:
-        with RunStore.in_dir(d) as store:
+        with RunStore.in_dir(d, readonly=True) as store:
             methods.append(store.meta()["config"]["method"]["name"])
     return [m if methods.count(m) == 1 else f"{m} ({d.name})" for m, d in zip(methods, run_dirs)]
 
@@ -106,12 +117,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
 
 def flagged_rows(run_dir: Path, limit: int = 30) -> list[tuple[int, str, str]]:
     """The first flagged updates of a run: (edit, rules that fired, whether the guard refused it)."""
-    with RunStore.in_dir(run_dir) as store:
-        rows = store.rows(
-            "SELECT edit_idx, GROUP_CONCAT(CASE WHEN kind = 'flagged' THEN rule || ' ' || printf('%.3g', value) "
-            "|| ' (threshold ' || printf('%.3g', threshold) || ')' END, '; '), MAX(kind = 'refused') FROM events "
-            "GROUP BY update_idx ORDER BY update_idx LIMIT ?", (limit,))
-    return [(e, rules or "", "refused" if refused else "kept") for e, rules, refused in rows]
+    with RunStore.in_dir(run_dir, readonly=True) as store:
+        rows = store.flag_rows(limit)
+    return [(e, rules, "refused" if refused else "kept") for e, rules, refused in rows]
 
 
 def _flagged_section(flagged: dict[str, list[tuple[int, str, str]]]) -> str:
@@ -160,9 +168,12 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 </style></head>
 <body>
 <h1>Sequential editing report</h1>
-<p>Scores are percentages averaged over the last 50 edits; "forgotten %" is the share of earlier successful
-edits failing at the last re-check; flagged edits are possible disabling edits (see the events table in each
-run's results.sqlite).</p>
+<p>Per-edit metrics are averaged over the last 50 edits (percentages, except entropy in bits and the reference
+score, a cosine); score is their harmonic mean of efficacy, paraphrase and neighborhood. "forgotten %" is the
+scale paper's forgetting at the last re-check (of the edits whose new target was all argmax when made, the share
+that failed at a re-check since); "forgotten (P) %" is the share of earlier edits with P(new) &gt; P(true) when made
+that fail it now. Flagged edits are possible disabling edits (see the events table in each run's
+results.sqlite).</p>
 {_table(rows)}
 {_downstream_section(downstream)}
 {figures}

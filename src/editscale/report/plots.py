@@ -1,10 +1,17 @@
 """Plots of sequential-editing runs in the style of Gupta et al. 2024, several runs overlaid (matplotlib Agg).
 
+The figures follow the metric declarations (``editscale.eval.metrics``): every per-edit metric names the
+figure it is drawn in, one panel each.
+
 - ``proficiency.png`` (Figure 1a-c): efficacy, paraphrase and neighborhood of each new edit against the number
   of edits, averaged over the last 5 edits (dotted) and the last 50 (solid);
-- ``forgetting.png`` (Figure 1d): % of earlier successful edits forgotten at each re-check;
+- ``generation.png``: the generation-based metrics (greedy efficacy and paraphrase, generation entropy,
+  reference score), likewise;
+- ``forgetting.png`` (Figure 1d): % of earlier edits forgotten at each re-check, the scale paper's definition
+  (solid) and editscale's P(new) > P(true) one (dashed);
 - ``downstream.png`` (Figure 2a-c): downstream F1 per task;
-- ``distance.png`` (Figure 2d): normalized distance of every edited matrix from its original, one panel per run.
+- ``distance.png`` (Figure 2d): distance of every edited matrix from its original, per element (the paper's
+  code and Table 2; top) and per neuron (its text; bottom), one column per run.
 
 Flagged (possibly disabling) updates are marked on every plot with a cross in the run's colour.
 """
@@ -21,10 +28,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from editscale.eval.metrics import METRICS, Metric, metrics_at
 from editscale.experiment.store import RunStore
 
-PROFICIENCY = ("efficacy", "paraphrase", "neighborhood")
 WINDOWS = ((5, ":"), (50, "-"))
+DISTANCES = ("distance_per_element", "distance_per_neuron")
+
+
+def plotted(group: str) -> list[Metric]:
+    """The per-edit metrics drawn in one figure."""
+    return [m for m in metrics_at("edit") if m.plot == group]
 
 
 @dataclass
@@ -35,43 +48,39 @@ class RunData:
     edit_idx: np.ndarray
     scores: dict[str, np.ndarray]  # metric -> per edit (NaN where not measured)
     recheck_edits: np.ndarray
-    forgotten_pct: np.ndarray
+    forgotten: np.ndarray  # fractions, the paper's definition
+    forgotten_prob: np.ndarray
     downstream: dict[str, tuple[np.ndarray, np.ndarray]]  # task -> (n_edits, f1)
-    distances: dict[str, tuple[np.ndarray, np.ndarray]]  # param -> (n_edits, normalized distance)
+    distances: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # metric -> param -> (n_edits, value)
     layers: dict[str, int | None] = field(default_factory=dict)
     flagged: list[int] = field(default_factory=list)  # edit numbers of flagged updates
     unedited_mcc: dict[str, float] = field(default_factory=dict)  # task -> Matthews correlation before editing
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
-    with RunStore.in_dir(run_dir) as store:
+    names = [m.name for m in metrics_at("edit") if m.plot]
+    with RunStore.in_dir(run_dir, readonly=True) as store:
         meta = store.meta()
-        cols = ", ".join(PROFICIENCY)
-        rows = store.rows(f"SELECT edit_idx, {cols} FROM edits ORDER BY edit_idx")
-        arr = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float).reshape(-1, 4)
-        rc = np.array(store.rows("SELECT n_edits, forgotten_pct FROM rechecks WHERE forgotten_pct IS NOT NULL "
-                                 "ORDER BY update_idx"), dtype=float).reshape(-1, 2)
-        down: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        for task, n, v in store.rows("SELECT task, n_edits, value FROM downstream WHERE metric = 'f1' "
-                                     "ORDER BY update_idx"):
-            down[task].append((n, np.nan if v is None else v))
-        mcc0 = {task: v for task, v in store.rows("SELECT task, value FROM downstream WHERE metric = 'mcc' "
-                                                   "AND update_idx = 0 AND value IS NOT NULL")}
-        dist: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        edit_idx, series = store.edit_series(names)
+        rc = np.array(store.recheck_series(), dtype=float).reshape(-1, 3)
+        down = store.downstream_series("f1")
+        mcc0 = store.downstream_at(0, "mcc")
+        dist: dict[str, dict[str, list[tuple[int, float]]]] = {}
         layers: dict[str, int | None] = {}
-        for param, layer, n, v in store.rows(
-                "SELECT d.param, d.layer, u.n_edits, d.normalized FROM distances d "
-                "JOIN updates u ON u.update_idx = d.update_idx ORDER BY d.update_idx"):
-            dist[param].append((n, v))
-            layers[param] = layer
-        flagged = [r[0] for r in store.rows(
-            "SELECT DISTINCT edit_idx FROM events WHERE kind = 'flagged' ORDER BY edit_idx")]
+        for column in DISTANCES:
+            per: dict[str, list[tuple[int, float]]] = defaultdict(list)
+            for param, layer, n, v in store.distance_series(column):
+                per[param].append((n, v))
+                layers[param] = layer
+            dist[column] = per
+        flagged = store.event_edits("flagged")
+    pair = lambda v: (np.array([p[0] for p in v], dtype=float), np.array([p[1] for p in v], dtype=float))
     return RunData(
-        label=label or meta["config"]["method"]["name"], edit_idx=arr[:, 0],
-        scores={m: arr[:, i + 1] for i, m in enumerate(PROFICIENCY)},
-        recheck_edits=rc[:, 0], forgotten_pct=rc[:, 1],
-        downstream={t: (np.array([p[0] for p in v]), np.array([p[1] for p in v])) for t, v in down.items()},
-        distances={p: (np.array([x[0] for x in v]), np.array([x[1] for x in v])) for p, v in dist.items()},
+        label=label or meta["config"]["method"]["name"], edit_idx=np.array(edit_idx, dtype=float),
+        scores={m: np.array(v, dtype=float) for m, v in series.items()},
+        recheck_edits=rc[:, 0], forgotten=rc[:, 1], forgotten_prob=rc[:, 2],
+        downstream={t: pair(v) for t, v in down.items()},
+        distances={c: {p: pair(v) for p, v in per.items()} for c, per in dist.items()},
         layers=layers, flagged=flagged, unedited_mcc=mcc0)
 
 
@@ -120,20 +129,27 @@ def _legend(fig, runs: list[RunData], colors: list, with_windows: bool) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
 
 
-def plot_proficiency(runs: list[RunData], path: Path) -> Path:
+def plot_edit_metrics(runs: list[RunData], metrics: list[Metric], path: Path) -> Path | None:
+    """One panel per per-edit metric: each run's trailing means over the last 5 and 50 edits."""
+    metrics = [m for m in metrics if any(np.isfinite(r.scores.get(m.name, np.array([]))).any() for r in runs)]
+    if not metrics:
+        return None
     colors = _colors(len(runs))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharex=True)
-    for ax, metric in zip(axes, PROFICIENCY):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.6), sharex=True, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        scale = 100.0 if metric.percent else 1.0
         for run, color in zip(runs, colors):
+            values = run.scores[metric.name]
             for window, ls in WINDOWS:
-                y = 100 * trailing_mean(run.scores[metric], window)
+                y = scale * trailing_mean(values, window)
                 ax.plot(run.edit_idx, y, ls=ls, color=color, lw=1.0 if window == 5 else 1.8,
                         alpha=0.6 if window == 5 else 1.0)
-            _mark_flagged(ax, run, run.edit_idx, 100 * trailing_mean(run.scores[metric], 50), color)
-        ax.set_title(f"{metric.capitalize()} score")
+            _mark_flagged(ax, run, run.edit_idx, scale * trailing_mean(values, 50), color)
+        ax.set_title(metric.label[:1].upper() + metric.label[1:])
         ax.set_xlabel("number of edits")
-        ax.set_ylabel(f"{metric} (%)")
-        ax.set_ylim(-3, 103)
+        ax.set_ylabel(metric.label + (" (%)" if metric.percent else ""))
+        if metric.percent:
+            ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
     _legend(fig, runs, colors, with_windows=True)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
@@ -146,11 +162,14 @@ def plot_forgetting(runs: list[RunData], path: Path) -> Path:
     colors = _colors(len(runs))
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
     for run, color in zip(runs, colors):
-        ax.plot(run.recheck_edits, run.forgotten_pct, color=color, lw=1.8, label=run.label)
-        _mark_flagged(ax, run, run.recheck_edits, run.forgotten_pct, color)
+        ax.plot(run.recheck_edits, 100 * run.forgotten, color=color, lw=1.8, label=run.label)
+        ax.plot(run.recheck_edits, 100 * run.forgotten_prob, color=color, lw=1.0, ls="--")
+        _mark_flagged(ax, run, run.recheck_edits, 100 * run.forgotten, color)
+    ax.plot([], [], color="grey", lw=1.8, label=METRICS["forgotten"].label.removesuffix(" %") + " (paper)")
+    ax.plot([], [], color="grey", lw=1.0, ls="--", label=METRICS["forgotten_prob"].label.removesuffix(" %"))
     ax.set_title("Earlier edits forgotten")
     ax.set_xlabel("number of edits")
-    ax.set_ylabel("% of earlier successful edits forgotten")
+    ax.set_ylabel("% of earlier edits forgotten")
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
@@ -191,33 +210,38 @@ def _param_label(param: str, layer: int | None) -> str:
 
 
 def plot_distance(runs: list[RunData], path: Path) -> Path | None:
-    runs = [r for r in runs if r.distances]
+    runs = [r for r in runs if any(r.distances.get(c) for c in DISTANCES)]
     if not runs:
         return None
     colors = _colors(len(runs))
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.4), squeeze=False)
-    for ax, run, color in zip(axes[0], runs, colors):
-        params = sorted(run.distances, key=lambda p: (run.layers.get(p) is None, run.layers.get(p) or 0, p))
-        shades = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(params)))
-        for param, shade in zip(params, shades):
-            x, y = run.distances[param]
-            ax.plot(x, y, color=shade if len(params) > 1 else color, lw=1.6,
-                    label=_param_label(param, run.layers.get(param)))
-            _mark_flagged(ax, run, x, y, color)
-        ax.set_title(f"{run.label}: distance from original")
-        ax.set_xlabel("number of edits")
-        ax.set_ylabel("||W - W_orig||_F / neurons")
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=8)
+    fig, axes = plt.subplots(len(DISTANCES), len(runs), figsize=(5.2 * len(runs), 4.0 * len(DISTANCES)),
+                             squeeze=False)
+    for row, column in enumerate(DISTANCES):
+        for ax, run, color in zip(axes[row], runs, colors):
+            per = run.distances[column]
+            params = sorted(per, key=lambda p: (run.layers.get(p) is None, run.layers.get(p) or 0, p))
+            shades = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(params)))
+            for param, shade in zip(params, shades):
+                x, y = per[param]
+                ax.plot(x, y, color=shade if len(params) > 1 else color, lw=1.6,
+                        label=_param_label(param, run.layers.get(param)))
+                _mark_flagged(ax, run, x, y, color)
+            ax.set_title(f"{run.label}: {METRICS[column].label}")
+            ax.set_xlabel("number of edits")
+            ax.set_ylabel("||W - W_orig||_F / " + ("elements" if column.endswith("element") else "neurons"))
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+            ax.grid(alpha=0.3)
+            if len(params) <= 8:
+                ax.legend(frameon=False, fontsize=8)
     return _finish(fig, path)
 
 
 def write_plots(runs: list[RunData], out_dir: Path) -> list[Path]:
     """All plots for these runs into ``out_dir``; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [plot_proficiency(runs, out_dir / "proficiency.png"),
-               plot_forgetting(runs, out_dir / "forgetting.png"),
-               plot_downstream(runs, out_dir / "downstream.png"),
-               plot_distance(runs, out_dir / "distance.png")]
+    groups = list(dict.fromkeys(m.plot for m in metrics_at("edit") if m.plot))
+    written = [plot_edit_metrics(runs, plotted(g), out_dir / f"{g}.png") for g in groups]
+    written += [plot_forgetting(runs, out_dir / "forgetting.png"),
+                plot_downstream(runs, out_dir / "downstream.png"),
+                plot_distance(runs, out_dir / "distance.png")]
     return [p for p in written if p is not None]

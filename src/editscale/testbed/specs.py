@@ -68,9 +68,10 @@ class TestbedSpec:
             raise ConfigError(f"testbed {self.name}: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.arch not in ("gpt2", "llama"):
             raise ConfigError(f"testbed {self.name}: arch must be 'gpt2' or 'llama', got {self.arch!r}")
-        bad = [x for x in (self.rome_layer, *self.memit_layers) if not 0 <= x < self.n_layers]
+        bad = [x for x in (self.rome_layer, *self.memit_layers) if not 0 <= x < self.n_layers - 1]
         if bad:
-            raise ConfigError(f"testbed {self.name}: edit layers {bad} outside 0-{self.n_layers - 1}")
+            raise ConfigError(f"testbed {self.name}: edit layers {bad} outside 0-{self.n_layers - 2} (the last "
+                              "layer cannot be edited: nothing after it reads the subject position)")
         if self.init_std <= 0 or self.pair_docs < 0:
             raise ConfigError(f"testbed {self.name}: init_std must be positive and pair_docs at least 0, got "
                               f"{self.init_std} and {self.pair_docs}")
@@ -93,7 +94,7 @@ SPECS: dict[str, TestbedSpec] = {
     "tiny": TestbedSpec(
         name="tiny", n_subjects=60, n_skill_entities=100, n_background_names=300, filler_docs=100,
         skill_docs=100, corpus_docs=600, d_model=64, n_layers=2, d_mlp=256, steps=800,
-        rome_layer=0, memit_layers=(0, 1),
+        rome_layer=0, memit_layers=(0,),  # layer 1 is the last: nothing after it reads the subject position
     ),
     # the model the editing experiments run on. MEMIT edits layer 0 only: spread over layers 0-1 (100 edits
     # in one batch), layer 1 needed an update 50x the norm of layer 0's for half the residual and efficacy
