@@ -166,3 +166,4 @@ def test_a_registered_metric_reaches_evaluation_store_summary_and_report(extra_m
         assert store.frame("edits").new_prob.notna().all()
     html = write_report([tmp_path / "run"]).read_text()
     assert "<th>P(new)</th>" in html
+
