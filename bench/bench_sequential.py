@@ -21,7 +21,7 @@ import torch
 
 from editscale.experiment.runner import run_experiment
 from editscale.experiment.store import RunStore
-from editscale.model.loading import resolve_model_path
+from editscale.names import resolve_model_path
 
 TARGET_MINUTES = 20.0
 

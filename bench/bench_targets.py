@@ -62,7 +62,7 @@ def main() -> None:
     model, tok, name = model_from_options(args, default_model, "random GPT-2 (4 layers, width 128, MLP 1024)")
     data = args.data or (args.model if args.model and args.model.startswith("testbed:") else None)
     if data:
-        from editscale.data import load_cases
+        from editscale.names import load_cases
 
         reqs = [c.request for c in load_cases(data, limit=args.n)]
     else:

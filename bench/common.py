@@ -15,7 +15,7 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
 
 def model_from_options(args: argparse.Namespace, default: Callable[[], tuple], default_name: str):
     """``(model, tokenizer, name)``: the model ``--model`` names, else ``default()``; applies ``--threads``."""
-    from editscale.model.loading import load_model
+    from editscale.names import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

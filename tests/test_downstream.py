@@ -406,7 +406,7 @@ def test_cli_table_and_skills(cli, model_dir, monkeypatch):
         calls.append((path, n, seed))
         return [FewShotTask("sentiment", SST2_FORMAT, DEMOS["sst2"], synthetic_sst2(n).examples)]
 
-    monkeypatch.setitem(sys.modules, "editscale.testbed.skills", types.SimpleNamespace(skill_tasks=skill_tasks))
+    monkeypatch.setattr(ds, "skill_tasks", skill_tasks)
     code, out, err = cli("downstream", "--model", str(model_dir), "--tasks", "skills", "--n", "6")
     assert code == 0, err
     assert calls == [(str(model_dir), 6, 0)]

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 
 from editscale.data.corpus import filler_text
+from editscale.data.downstream import SKILL_NAMES, skill_tasks
 from editscale.data.records import EditCase
 from editscale.errors import ConfigError, DataLoadError, ModelLoadError
 from editscale.testbed import registry
-from editscale.testbed.skills import SKILL_NAMES, skill_tasks
 from editscale.testbed.specs import SPECS, TestbedSpec, get_spec
 from editscale.testbed.tokenizer import train_tokenizer
 from editscale.testbed.train import MANIFEST_FILE, tokenizer_texts
@@ -40,7 +40,7 @@ def test_tokenizer_round_trips_and_keeps_gpt2_leading_space_convention(tokenizer
 def test_unknown_testbed_names_the_known_ones():
     with pytest.raises(ModelLoadError, match="tiny, demo"):
         get_spec("huge")
-    from editscale.model.loading import load_model
+    from editscale.names import load_model
 
     with pytest.raises(ModelLoadError, match="unknown testbed 'huge'"):
         load_model("testbed:huge")
@@ -93,7 +93,7 @@ def test_second_build_is_a_cache_hit(tiny_testbed, monkeypatch):
 
 def test_tiny_model_loads_and_knows_its_facts(tiny_testbed):
     from editscale.eval.scoring import score_continuations
-    from editscale.model.loading import load_model
+    from editscale.names import load_model
 
     model, tok, anatomy = load_model("testbed:tiny")
     assert anatomy.family == "gpt2"

@@ -6,6 +6,8 @@ Every error carries a one-line message that says what is wrong and how to fix it
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EditscaleError(Exception):
     """Base class: a problem the user can fix (bad input, config, model name)."""
@@ -37,3 +39,22 @@ class DataLoadError(EditscaleError):
 
 class RunStateError(EditscaleError):
     """An experiment run directory that is missing, incomplete or inconsistent."""
+
+
+def config_error(source: str, err: Any) -> ConfigError:
+    """A pydantic ``ValidationError`` as a one-line ``ConfigError`` naming its first bad field, e.g.
+    ``run config field 'forget_every': Input should be greater than or equal to 1 (got 0)``."""
+    problems = err.errors()
+    first = problems[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "missing":
+        text = f"field '{field}' is missing"
+    elif first["type"] == "extra_forbidden":
+        text = f"has an unknown field '{field}'"
+    else:
+        got = first.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+        text = f"field '{field}': {first['msg']}{shown}"
+    more = len(problems) - 1
+    extra = f"; and {more} more problem{'s' * (more > 1)}" if more else ""
+    return ConfigError(f"{source} {text}{extra}")

@@ -32,7 +32,7 @@ def downstream_command(
 ) -> None:
     """Few-shot F1, accuracy and MCC of MODEL with the prompts of Gupta et al. 2024 (appendix A.3)."""
     from editscale.eval.downstream import SKILLS, DownstreamSuite, parse_task_names, resolve_tasks
-    from editscale.model.loading import load_model, resolve_model_path
+    from editscale.names import load_model, resolve_model_path
 
     names = parse_task_names(tasks)
     subset = n or None

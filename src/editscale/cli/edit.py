@@ -53,8 +53,12 @@ def parse_overrides(hparams: Path | None, sets: list[str] | None) -> dict[str, A
 def make_editor(model, tok, method: str, hparams: Path | None, sets: list[str] | None, corpus: str | None,
                 stats_dir: Path | None, seed: int):
     from editscale.api import Editor
+    from editscale.names import resolve_corpus_path
 
-    return Editor(model, tok, method, parse_overrides(hparams, sets), corpus=corpus, seed=seed,
+    overrides = parse_overrides(hparams, sets)
+    if "mom2_corpus" in overrides:
+        overrides["mom2_corpus"] = resolve_corpus_path(overrides["mom2_corpus"])
+    return Editor(model, tok, method, overrides, corpus=resolve_corpus_path(corpus), seed=seed,
                   stats_cache=stats_dir if stats_dir is not None else "default")
 
 
@@ -123,7 +127,7 @@ def save_edited(directory: Path, model, tok, deltas, meta: dict[str, Any]) -> No
     order) and edit.json; a testbed model's corpus.txt and manifest are copied along."""
     from safetensors.torch import save_file
 
-    from editscale.methods.hparams import MANIFEST_FILE, model_dir
+    from editscale.model.loading import MANIFEST_FILE, model_dir
     from editscale.stats.second_moment import CORPUS_FILE
 
     source = model_dir(model)
@@ -167,9 +171,8 @@ def edit_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Edit facts in MODEL and print the probabilities of the new and true objects before and after."""
-    from editscale.data import load_cases
     from editscale.data.records import EditCase, EditRequest
-    from editscale.model.loading import load_model
+    from editscale.names import load_cases, load_model
     from editscale.progress import progress
 
     if data is not None:

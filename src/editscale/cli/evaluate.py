@@ -43,9 +43,8 @@ def eval_command(
     (or each batch of --batch records) is edited into the unedited model, scored and reverted; the pre- and
     post-edit scores are printed.
     """
-    from editscale.data import load_cases
     from editscale.eval.counterfact import evaluate_cases
-    from editscale.model.loading import load_model
+    from editscale.names import load_cases, load_model
 
     cases = load_cases(data, limit=limit, skip_invalid=skip_invalid)
     lm, tok, _ = load_model(model, dtype=dtype, device=device)

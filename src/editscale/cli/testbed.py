@@ -22,11 +22,12 @@ def build_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a summary.")] = False,
 ) -> None:
     """Build testbed NAME (cached under $EDITSCALE_HOME, default ~/.cache/editscale) and print what it reached."""
-    from editscale.testbed.registry import ensure_built, is_built, model_path, read_manifest
+    from editscale.model.loading import read_testbed_manifest
+    from editscale.testbed.registry import ensure_built, is_built, model_path
 
     cached = is_built(model_path(name)) and not force
     path = ensure_built(name, force=force, threads=threads)
-    m = read_manifest(path)
+    m = read_testbed_manifest(path) or {}
     summary = {
         "name": m["name"],
         "dir": str(path),

@@ -2,7 +2,8 @@
 
 A task is labelled examples + a few-shot format + label words. The evaluator (``eval/downstream.py``)
 classifies an example by comparing the model's probabilities of the label words after the prompt.
-The same formats serve the four GLUE tasks and the testbed's synthetic twins (``testbed/skills.py``).
+The same formats serve the four GLUE tasks and the testbed's synthetic twins (``testbed/skills.py`` builds
+them into a model directory's ``skills.json``; ``skill_tasks`` here reads them back).
 
 Layout of the prompts: the paper's tables print the demonstrations' words; their whitespace is that of the
 authors' code (scalable-model-editing/gradual-catastrophic-forgetting, ``glue_eval/*_eval.py``): each block
@@ -17,6 +18,7 @@ the label word " True", which the paper's protocol gives to *not* entailment (se
 from __future__ import annotations
 
 import csv
+import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -352,3 +354,41 @@ def glue_task(name: str, data_dir: str | Path | None = None, n: int | None = 200
     except ConfigError as e:
         raise ConfigError(f"{name}: {e}") from None
     return FewShotTask(spec.name, spec.format, spec.demos, chosen, metric=spec.metric)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the testbed's synthetic skills, as a built model directory holds them
+# --------------------------------------------------------------------------------------------------------
+SKILLS_FILE = "skills.json"
+SKILL_NAMES = ("sentiment", "paraphrase", "entailment", "acceptability")
+SKILL_FORMATS: dict[str, TaskFormat] = {"sentiment": SST2_FORMAT, "paraphrase": MRPC_FORMAT,
+                                        "entailment": RTE_FORMAT, "acceptability": COLA_FORMAT}
+
+
+def skill_tasks(model_dir: str | Path, n: int = 200, seed: int = 0) -> list[FewShotTask]:
+    """The four skills of the testbed model in ``model_dir`` as balanced few-shot tasks of ``n`` examples.
+
+    Examples are drawn (seeded) from the model's held-out pool (``skills.json``): ``n // 2`` per label.
+    """
+    path = Path(model_dir) / SKILLS_FILE
+    if not path.is_file():
+        raise DataLoadError(f"{model_dir} has no {SKILLS_FILE}: skills exist only for testbed models "
+                            "(build one with `editscale testbed build NAME`)")
+    pool = json.loads(path.read_text())
+    tasks = []
+    for task in SKILL_NAMES:
+        entry = pool[task]
+        by_label: dict[int, list[Example]] = {0: [], 1: []}
+        for e in entry["examples"]:
+            by_label[e["label"]].append(Example(e["fields"], e["label"]))
+        rng = random.Random(f"{seed}-{task}")
+        k = n // 2
+        if k > min(len(v) for v in by_label.values()):
+            raise DataLoadError(f"{path}: the {task} pool has {min(len(v) for v in by_label.values())} examples "
+                                f"per label, fewer than the {k} asked for")
+        chosen = rng.sample(by_label[0], k) + rng.sample(by_label[1], k)
+        rng.shuffle(chosen)
+        demos = tuple(Example(d["fields"], d["label"]) for d in entry["demos"])
+        tasks.append(FewShotTask(task, SKILL_FORMATS[task], demos, tuple(chosen),
+                                 metric="mcc" if task == "acceptability" else "f1"))
+    return tasks

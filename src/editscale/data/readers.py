@@ -216,12 +216,12 @@ def read_records(path: str | Path, limit: int | None = None, skip_invalid: bool 
 
 
 def load_cases(spec: str | Path, limit: int | None = None, skip_invalid: bool = False) -> list[EditCase]:
-    """Records from a file, or ``testbed:NAME`` for that testbed's world (built if needed)."""
+    """Records from a file. Names such as ``testbed:NAME`` (a testbed's world) are resolved first by
+    ``editscale.names.load_cases``, which takes them and files alike."""
     spec = str(spec)
     if spec.startswith("testbed:"):
-        from editscale.testbed.registry import ensure_built
-
-        return read_records(Path(ensure_built(spec[len("testbed:"):])) / "world.jsonl", limit, skip_invalid)
+        raise DataLoadError(f"{spec!r} is a testbed name, not a records file: load it with "
+                            "editscale.names.load_cases, which builds the testbed if needed")
     return read_records(spec, limit, skip_invalid)
 
 def read_known(rec: dict[str, Any]) -> Fact:

@@ -23,9 +23,10 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
-from editscale.data.downstream import GLUE_TASKS, FewShotTask, glue_task
+from editscale.data.downstream import GLUE_TASKS, FewShotTask, glue_task, skill_tasks
 from editscale.errors import ConfigError
-from editscale.eval.scoring import model_device, score_continuations
+from editscale.eval.scoring import score_continuations
+from editscale.model.loading import model_device
 from editscale.model.tokens import encode, ensure_pad_token, pad_batch, target_ids
 from editscale.progress import progress_bar
 
@@ -197,8 +198,6 @@ def resolve_tasks(names_or_tasks: str | Sequence[str | FewShotTask], *, data_dir
                 continue
             if model_dir is None:
                 raise ConfigError("task 'skills' needs the testbed model's directory (model_dir)")
-            from editscale.testbed.skills import skill_tasks
-
             tasks.extend(skill_tasks(model_dir, n=200 if n is None else n, seed=seed))
     return tasks
 

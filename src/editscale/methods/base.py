@@ -100,16 +100,6 @@ class Delta:
     def norms(self) -> dict[str, float]:
         return {n: u.norm() for n, u in self.updates.items()}
 
-    def merged(self, other: Delta) -> Delta:
-        """The sum of two unapplied deltas (dense where a parameter appears in both)."""
-        out = dict(self.updates)
-        for name, u in other.updates.items():
-            if name in out:
-                out[name] = Update(name, u.transposed, dense=out[name].matrix() + u.matrix())
-            else:
-                out[name] = u
-        return Delta(out, {**self.info, **other.info})
-
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor mapping (for safetensors): dense as ``NAME``, low-rank as ``NAME::left/right``."""
         flat = {}

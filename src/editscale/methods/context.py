@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from editscale.methods.hparams import model_dir, read_manifest
-from editscale.methods.targets import PrefixSpec, model_device, sample_prefixes
+from editscale.methods.targets import PrefixSpec, sample_prefixes
 from editscale.model.anatomy import Anatomy, get_anatomy
 from editscale.model.loading import fingerprint as model_fingerprint
+from editscale.model.loading import model_device, model_dir, read_testbed_manifest
 from editscale.model.tokens import ensure_pad_token
 from editscale.stats.second_moment import Corpus, StatsCache, resolve_corpus, second_moments
 
@@ -68,7 +68,7 @@ class EditContext:
         self.seed = seed
         self.progress = progress
         self.fingerprint = fingerprint or model_fingerprint(model)
-        self.manifest: dict[str, Any] | None = read_manifest(model)
+        self.manifest: dict[str, Any] | None = read_testbed_manifest(model_dir(model))
         self._moments: dict[tuple, torch.Tensor] = {}
         self._prefixes: dict[PrefixSpec, list[list[str]]] = {}
         self._corpora: dict[str, Corpus] = {}

@@ -13,7 +13,6 @@ one-line ``ConfigError`` naming the field.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -29,21 +28,9 @@ from pydantic import (
 )
 from torch import nn
 
-from editscale.errors import ConfigError
+from editscale.errors import ConfigError, config_error
 from editscale.model.anatomy import Anatomy
-
-MANIFEST_FILE = "editscale_testbed.json"
-
-
-def _one_line(cls_name: str, err: ValidationError) -> ConfigError:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-    msg = first["msg"]
-    got = first.get("input")
-    tail = "" if first["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
-    more = len(err.errors()) - 1
-    extra = f"; and {more} more problem{'s' * (more > 1)}" if more else ""
-    return ConfigError(f"{cls_name}: field '{loc}': {msg}{tail}{extra}")
+from editscale.model.loading import model_dir, read_testbed_manifest
 
 
 class HparamsBase(BaseModel):
@@ -57,7 +44,7 @@ class HparamsBase(BaseModel):
         try:
             return cls.model_validate(dict(data or {}))
         except ValidationError as e:
-            raise _one_line(cls.__name__, e) from None
+            raise config_error(cls.__name__, e) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Self:
@@ -232,26 +219,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 PRESET_ALIASES = {"r-rome": "rome"}
 
 
-def read_manifest(model: nn.Module) -> dict[str, Any] | None:
-    """The testbed manifest (``editscale_testbed.json``) of the model's directory, if it has one."""
-    d = model_dir(model)
-    if d is None or not (d / MANIFEST_FILE).is_file():
-        return None
-    try:
-        return json.loads((d / MANIFEST_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"testbed manifest {d / MANIFEST_FILE} is not valid JSON: {e}") from None
-
-
-def model_dir(model: nn.Module) -> Path | None:
-    """The local directory the model was loaded from, if any."""
-    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "")
-    if not name:
-        return None
-    p = Path(str(name)).expanduser()
-    return p if p.is_dir() else None
-
-
 def model_kind(model: nn.Module, manifest: dict[str, Any] | None = None) -> str:
     """Which preset applies: gpt2-xl, gpt-j-6b, gpt-neox-20b, llama, testbed, or generic."""
     if manifest is not None:
@@ -314,7 +281,7 @@ def resolve_hparams(
     file of overrides. Unset layers are filled in (``default_layers``) and all layers are checked against the
     model's depth.
     """
-    manifest = read_manifest(model)
+    manifest = read_testbed_manifest(model_dir(model))
     if isinstance(given, HparamsBase):
         if not isinstance(given, cls):
             raise ConfigError(f"method {method!r} takes {cls.__name__}, got {type(given).__name__}")

@@ -30,6 +30,7 @@ from torch import nn
 from editscale.data.records import EditCase, EditRequest
 from editscale.errors import ConfigError, RecordError
 from editscale.model.hooks import add_at, capture, run_until
+from editscale.model.loading import model_device
 from editscale.model.tokens import Batch, continuation_ids, encode, last_subject_index, pad_batch
 
 if TYPE_CHECKING:
@@ -83,10 +84,6 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 # --------------------------------------------------------------------------------------------------------

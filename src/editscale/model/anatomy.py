@@ -39,9 +39,6 @@ class Anatomy:
     def mlp_out_name(self, i: int) -> str:
         return f"{self.layers}.{i}.{self.mlp_out}"
 
-    def mlp_in_name(self, i: int) -> str:
-        return f"{self.layers}.{i}.{self.mlp_in}"
-
     def mlp_name(self, i: int) -> str:
         """Layer i's whole MLP module (its output is what the MLP adds to the residual stream)."""
         return f"{self.layers}.{i}.{self.mlp_out.rsplit('.', 1)[0]}"
@@ -58,9 +55,6 @@ class Anatomy:
         emb = model.get_input_embeddings()
         return next(name for name, m in model.named_modules() if m is emb)
 
-    def mlp_norm_name(self, i: int) -> str:
-        return f"{self.layers}.{i}.{self.mlp_norm}"
-
     def weight_name(self, i: int) -> str:
         """Parameter name of layer i's MLP output matrix (as in ``model.state_dict()``)."""
         return f"{self.mlp_out_name(i)}.weight"
@@ -76,21 +70,6 @@ class Anatomy:
     def mlp_out_module(self, model: nn.Module, i: int) -> nn.Module:
         self._check_layer(model, i)
         return model.get_submodule(self.mlp_out_name(i))
-
-    def mlp_in_module(self, model: nn.Module, i: int) -> nn.Module:
-        self._check_layer(model, i)
-        return model.get_submodule(self.mlp_in_name(i))
-
-    def final_norm_module(self, model: nn.Module) -> nn.Module:
-        return model.get_submodule(self.final_norm)
-
-    @staticmethod
-    def lm_head(model: nn.Module) -> nn.Module:
-        return model.get_output_embeddings()
-
-    @staticmethod
-    def embeddings(model: nn.Module) -> nn.Module:
-        return model.get_input_embeddings()
 
     # --- the edited matrix, always (out, in) ------------------------------------------------------
     def weight_param(self, model: nn.Module, i: int) -> nn.Parameter:

@@ -1,12 +1,18 @@
-"""Loading models: a local directory, a hub name (when a network exists), or a testbed model.
+"""Loading models: a local model directory, or a hub name (when a network exists).
 
 ``load_model`` returns the model in eval mode, its tokenizer (with a pad token) and its anatomy. The dtype
-and device are the caller's; ``trust_remote_code`` stays off unless asked for.
+and device are the caller's; ``trust_remote_code`` stays off unless asked for. Names such as ``testbed:demo``,
+``smollm2-135m`` or a ``.gguf`` file are turned into directories one layer up (``editscale.names``, whose
+``load_model`` takes them all); this module knows none of them.
+
+A model directory may carry a testbed manifest (``MANIFEST_FILE``), which presets and downstream tasks read
+through ``model_dir`` and ``read_testbed_manifest``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -21,7 +27,7 @@ from editscale.errors import ModelLoadError
 from editscale.model.anatomy import Anatomy, get_anatomy
 from editscale.model.tokens import ensure_pad_token
 
-TESTBED_PREFIX = "testbed:"
+MANIFEST_FILE = "editscale_testbed.json"  # a testbed model directory's manifest (written by testbed/train.py)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -59,13 +65,32 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """A testbed name becomes its built directory (building it if needed); anything else is returned."""
-    if name_or_path.startswith(TESTBED_PREFIX):
-        from editscale.testbed.registry import ensure_built
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameters."""
+    return next(model.parameters()).device
 
-        return str(ensure_built(name_or_path[len(TESTBED_PREFIX):]))
-    return name_or_path
+
+def model_dir(model: nn.Module) -> Path | None:
+    """The local directory the model was loaded from, if any."""
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", "")
+    if not name:
+        return None
+    p = Path(str(name)).expanduser()
+    return p if p.is_dir() else None
+
+
+def read_testbed_manifest(directory: str | Path | None) -> dict | None:
+    """The testbed manifest of a model directory, or None when it has none (not a testbed model)."""
+    if directory is None:
+        return None
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"testbed manifest {path} is not valid JSON ({e}); rebuild the model with "
+                             "`editscale testbed build NAME --force`") from None
 
 
 def load_model(
@@ -76,13 +101,19 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[nn.Module, object, Anatomy]:
-    """Load a causal LM and its tokenizer: ``testbed:NAME``, a local directory, or a hub name."""
+    """Load a causal LM and its tokenizer from a local model directory or a hub name.
+
+    Names (``testbed:NAME``, ``smollm2-135m``, ``*.gguf``) are resolved by ``editscale.names.load_model``.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    path = resolve_model_path(name_or_path)
+    path = str(name_or_path)
+    if ":" in path.split("/")[0] or path.endswith(".gguf"):
+        raise ModelLoadError(f"{path!r} is a model name or file, not a model directory: load it with "
+                             "editscale.load_model, which converts or builds it first")
     local = Path(path).expanduser()
     kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:

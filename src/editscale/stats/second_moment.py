@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from editscale.cache import cache_root
 from editscale.errors import ConfigError, DataLoadError
 from editscale.model.anatomy import get_anatomy
 from editscale.model.hooks import capture, run_until
 from editscale.model.loading import fingerprint as model_fingerprint
-from editscale.model.loading import hub_reachable, resolve_model_path
+from editscale.model.loading import hub_reachable
 from editscale.model.tokens import encode, ensure_pad_token, pad_batch
 from editscale.progress import progress_bar
 
@@ -116,8 +117,8 @@ def resolve_corpus(spec: str | Path | Sequence[str] | Corpus | None, model_dir: 
 
     - ``None`` or ``"auto"``: the model directory's ``corpus.txt`` (testbed models ship one);
     - a ``Corpus`` or a list of texts;
-    - ``"testbed:NAME"``: that testbed model's corpus.txt;
-    - a path to an existing text file (one text per line);
+    - a path to an existing text file (one text per line), or a model directory with a corpus.txt (a testbed
+      model's; ``editscale.names.resolve_corpus_path`` turns ``testbed:NAME`` into it);
     - ``"hub:NAME[:CONFIG]"`` or any other name that is not a path: a hub dataset (needs a network).
     """
     if isinstance(spec, Corpus):
@@ -133,7 +134,8 @@ def resolve_corpus(spec: str | Path | Sequence[str] | Corpus | None, model_dir: 
         )
     text = str(spec)
     if text.startswith("testbed:"):
-        return Corpus.from_file(Path(resolve_model_path(text)) / CORPUS_FILE)
+        raise DataLoadError(f"statistics corpus {text!r} names a testbed model; pass its directory instead "
+                            f"(editscale.names.resolve_corpus_path({text!r}) gives it)")
     if text.startswith("hub:"):
         name, _, config = text[4:].partition(":")
         return Corpus.from_hub(name, config or None)
@@ -286,11 +288,6 @@ class StatsKey:
         return f"mom2_L{self.layer}_{self.digest()}.safetensors"
 
 
-def default_cache_dir() -> Path:
-    """``$EDITSCALE_HOME`` or ``~/.cache/editscale``."""
-    return Path(os.environ.get("EDITSCALE_HOME", Path.home() / ".cache" / "editscale")).expanduser()
-
-
 def _checksum(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 
@@ -299,7 +296,7 @@ class StatsCache:
     """Second moments on disk, one safetensors file per key; verified (key and checksum) when read."""
 
     def __init__(self, directory: str | Path | None = None) -> None:
-        self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir() / "stats"
+        self.directory = Path(directory).expanduser() if directory is not None else cache_root() / "stats"
 
     def path(self, key: StatsKey) -> Path:
         return self.directory / key.filename()

@@ -11,7 +11,8 @@
 Paraphrase and entailment use the world's *skill entities*, which never appear in edit records, and only
 trained templates. The examples a model is evaluated on are held out from training: sentences are split by
 a hash of their text and entities into a training and an evaluation half. A build writes an evaluation pool
-(``skills.json``) beside the model; ``skill_tasks`` draws balanced, seeded tasks from it.
+(``skills.json``) beside the model; ``editscale.data.downstream.skill_tasks`` draws balanced, seeded tasks
+from it.
 
 Why paraphrase and entailment are shaped this way (measured on 2 CPU cores, demo-shaped 4-layer models):
 both ask the model to compare the two sentences of one block, which a small model learns only after a
@@ -49,19 +50,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from editscale.data.corpus import ADJECTIVES, FillerGenerator
-from editscale.data.downstream import (
-    COLA_FORMAT,
-    MRPC_FORMAT,
-    RTE_FORMAT,
-    SST2_FORMAT,
-    Example,
-    FewShotTask,
-    TaskFormat,
-)
+from editscale.data.downstream import SKILL_FORMATS as FORMATS
+from editscale.data.downstream import SKILL_NAMES, SKILLS_FILE, Example
 from editscale.data.world import World, render_fact
-from editscale.errors import DataLoadError
 
-SKILLS_FILE = "skills.json"
 # demonstrations before each prompt's query. Paraphrase and entailment are zero-shot: with two demonstrations
 # their prompts (119 to 167 tokens) outgrow the 128-token rows the testbeds train on, and the demonstrations'
 # relation words blur the comparison the model must make inside one block.
@@ -90,11 +82,6 @@ _REVIEW_FRAMES = (
     "{int} {adj} , from the {noun} to the {noun2}",
     "an {int} {adj} {noun} with a {adj2} {noun2}",
 )
-
-SKILL_NAMES = ("sentiment", "paraphrase", "entailment", "acceptability")
-FORMATS: dict[str, TaskFormat] = {"sentiment": SST2_FORMAT, "paraphrase": MRPC_FORMAT, "entailment": RTE_FORMAT,
-                                  "acceptability": COLA_FORMAT}
-
 
 def _held_out(text: str) -> bool:
     """Whether a generated sentence belongs to the evaluation half (a fixed fifth of all sentences)."""
@@ -218,32 +205,3 @@ def write_skill_pool(model_dir: str | Path, world: World, seed: int, per_class: 
             "examples": [{"fields": e.fields, "label": e.label} for e in held.balanced(task, 2 * per_class)],
         }
     (Path(model_dir) / SKILLS_FILE).write_text(json.dumps(pool, indent=1))
-
-
-def skill_tasks(model_dir: str | Path, n: int = 200, seed: int = 0) -> list[FewShotTask]:
-    """The four skills of the testbed model in ``model_dir`` as balanced few-shot tasks of ``n`` examples.
-
-    Examples are drawn (seeded) from the model's held-out pool: ``n // 2`` per label.
-    """
-    path = Path(model_dir) / SKILLS_FILE
-    if not path.is_file():
-        raise DataLoadError(f"{model_dir} has no {SKILLS_FILE}: skills exist only for testbed models "
-                            "(build one with `editscale testbed build NAME`)")
-    pool = json.loads(path.read_text())
-    tasks = []
-    for task in SKILL_NAMES:
-        entry = pool[task]
-        by_label: dict[int, list[Example]] = {0: [], 1: []}
-        for e in entry["examples"]:
-            by_label[e["label"]].append(Example(e["fields"], e["label"]))
-        rng = random.Random(f"{seed}-{task}")
-        k = n // 2
-        if k > min(len(v) for v in by_label.values()):
-            raise DataLoadError(f"{path}: the {task} pool has {min(len(v) for v in by_label.values())} examples "
-                                f"per label, fewer than the {k} asked for")
-        chosen = rng.sample(by_label[0], k) + rng.sample(by_label[1], k)
-        rng.shuffle(chosen)
-        demos = tuple(Example(d["fields"], d["label"]) for d in entry["demos"])
-        tasks.append(FewShotTask(task, FORMATS[task], demos, tuple(chosen),
-                                 metric="mcc" if task == "acceptability" else "f1"))
-    return tasks

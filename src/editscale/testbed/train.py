@@ -5,7 +5,7 @@
 - the model and tokenizer (``save_pretrained``), so the rest of editscale loads it as any HF causal LM;
 - ``world.jsonl``: one ``EditCase`` per fact (see ``World.cases``);
 - ``corpus.txt``: generic text for second-moment statistics, one paragraph per line, mostly filler;
-- ``skills.json``: the held-out pool of the four downstream skills (``skills.skill_tasks``);
+- ``skills.json``: the held-out pool of the four downstream skills (``data.downstream.skill_tasks``);
 - ``editscale_testbed.json``: the manifest (spec, sizes, config, training time, what the model reached,
   the relations' templates, key statistics and the recommended edit layers).
 
@@ -30,17 +30,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from editscale.data.corpus import FillerGenerator, filler_words
+from editscale.data.downstream import skill_tasks
 from editscale.data.world import World, build_world, render_fact, syllable_text
 from editscale.eval.scoring import score_continuations
-from editscale.model.loading import torch_threads
+from editscale.model.loading import MANIFEST_FILE, torch_threads
 from editscale.progress import progress_bar
+from editscale.stats.second_moment import CORPUS_FILE
 from editscale.testbed import skills
 from editscale.testbed.specs import DATA_VERSION, TestbedSpec
 from editscale.testbed.tokenizer import EOS, train_tokenizer
 
-MANIFEST_FILE = "editscale_testbed.json"
 WORLD_FILE = "world.jsonl"
-CORPUS_FILE = "corpus.txt"
 
 
 def default_threads() -> int:
@@ -272,7 +272,7 @@ def skill_scores(model: nn.Module, tokenizer, model_dir: Path) -> dict[str, floa
     """F1 of each skill on 200 held-out examples."""
     from editscale.eval.downstream import DownstreamSuite
 
-    tasks = skills.skill_tasks(model_dir, n=200, seed=0)
+    tasks = skill_tasks(model_dir, n=200, seed=0)
     results = DownstreamSuite(tasks, tokenizer).evaluate(model)
     return {name: round(r["f1"], 4) for name, r in results.items()}
 
