@@ -235,6 +235,64 @@ def test_cached_prefix_forward_equals_the_full_forward(tok, family):
     assert torch.isfinite(got[split.batch.attention_mask.bool()]).all()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("where", ["mlp_out", "layer"])
+def test_replaying_the_layers_below_the_vector_changes_no_target(tok, family, where, monkeypatch):
+    """The layers below the one holding the vector run once and are replayed at every step; the targets must
+    be those of the plain loop that runs every layer at every step (with early stopping, so that requests
+    leave the batch and the replayed rows are a subset)."""
+    from editscale.methods import targets
+
+    model = random_model(family, vocab_size=len(tok), layers=4)
+    ctx = EditContext(model, tok, stats_cache=None)
+    hp = MemitHparams.validated({**small("memit"), "v_steps": 10, "v_weight_decay": 0, "clamp_norm_factor": 100,
+                                 "v_early_stop": 0})
+    module = ctx.anatomy.mlp_out_name(2) if where == "mlp_out" else ctx.anatomy.layer_name(2)
+    prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
+    # a threshold between the median request's losses after 3 and 4 steps: the others stop at once or never
+    at3, at4 = (optimize_targets(ctx, cases(), module, hp.updated(v_steps=n), prefixes).loss for n in (4, 5))
+    mid = int(at3.argsort()[1])
+    hp = hp.updated(v_early_stop=float(at3[mid] + at4[mid]) / 2)
+    fast = optimize_targets(ctx, cases(), module, hp, prefixes)
+    assert targets._layer_index(ctx.anatomy.layers, module) == 2
+    monkeypatch.setattr(targets, "_layer_index", lambda layers, name: 0)  # nothing replayed
+    plain = optimize_targets(ctx, cases(), module, hp, prefixes)
+    assert len(set(plain.steps.tolist())) > 1
+    assert fast.steps.tolist() == plain.steps.tolist()
+    torch.testing.assert_close(fast.target, plain.target, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.loss, plain.loss, rtol=1e-5, atol=1e-5)
+
+
+def test_argmax_early_stop_leaves_the_target_the_argmax_in_every_prompt(tiny_testbed):
+    """v_stop_on="argmax": a request stops at the first step where each new-target token is the argmax in all
+    its prompts (on the trained tiny testbed: random models barely move their predictions)."""
+    import json
+
+    from editscale.data.records import EditCase
+    from editscale.model.loading import load_model
+
+    model, tok, _ = load_model(str(tiny_testbed))
+    lines = (tiny_testbed / "world.jsonl").read_text().splitlines()[:3]
+    reqs = [EditCase.from_dict(json.loads(line)).request for line in lines]
+    ctx = EditContext(model, tok, stats_cache=None)
+    hp = RomeHparams.validated({"context_lengths": [(3, 2), (5, 2)], "v_steps": 40, "v_stop_on": "argmax"})
+    module = ctx.anatomy.mlp_out_name(0)
+    prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
+    res = optimize_targets(ctx, reqs, module, hp, prefixes)
+    assert (res.steps < hp.v_steps - 1).all() and int(res.steps.max()) >= 1
+    lay = build_layout(ctx, as_items(reqs), prefixes)
+
+    def all_argmax(delta: torch.Tensor) -> bool:
+        with add_at(model, module, lay.pos, delta[lay.owner]), torch.no_grad():
+            logits = model(**lay.inputs(torch.arange(len(lay.pos)))).logits
+        return torch.equal(logits[lay.tok_row, lay.tok_col].argmax(-1), lay.tok_id)
+
+    assert all_argmax(res.delta)
+    # one step fewer, the slowest request still misses somewhere
+    assert not all_argmax(optimize_targets(ctx, reqs, module, hp.updated(v_steps=int(res.steps.max())),
+                                           prefixes).delta)
+
+
 def test_prefixes_are_deterministic_per_seed_and_cached(tok):
     model = random_model("gpt2", vocab_size=len(tok))
     spec = PrefixSpec(((5, 3), (8, 2)))

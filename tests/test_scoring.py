@@ -91,6 +91,51 @@ def test_cached_batched_generation_equals_greedy_recomputation(family):
                                                                                 seed=3)
 
 
+def _soft_capped_model(vocab_size: int):
+    """A tiny Gemma-2 model, whose logits are soft-capped after the head (not plain head(hidden))."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    cfg = T.Gemma2Config(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, vocab_size=vocab_size, max_position_embeddings=128,
+                         final_logit_softcapping=0.05, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "gemma2"])
+def test_scores_equal_a_plain_full_logits_computation(family):
+    """``score_continuations`` runs the model on prompt + target[:-1] and applies the head only at the target
+    positions; scores must equal those from each sequence's full logits (also for a soft-capping head)."""
+    from editscale.model.tokens import continuation_ids, encode
+
+    tok = bpe_tokenizer()
+    model = _soft_capped_model(len(tok)) if family == "gemma2" else random_model(family, vocab_size=len(tok))
+    prompts = ["The quick brown fox", "LeBron James plays the sport of", "Paris", "The quick brown fox"]
+    targets = ["jumps over the dog", "basketball", "is lovely", "x"]
+    got = score_continuations(model, tok, prompts, targets, batch_size=3)
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        p_ids, t_ids = encode(tok, p), continuation_ids(tok, p, t)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p_ids + t_ids])).logits[0].float()
+        at = logits[len(p_ids) - 1: len(p_ids) - 1 + len(t_ids)]
+        lp = torch.log_softmax(at, -1)[torch.arange(len(t_ids)), torch.tensor(t_ids)]
+        assert got.logprob[i].item() == pytest.approx(lp.sum().item(), abs=1e-5)
+        assert got.n_tokens[i].item() == len(t_ids)
+        assert got.all_argmax[i].item() == bool((at.argmax(-1) == torch.tensor(t_ids)).all())
+    if family == "gemma2":  # the cap matters: the bare head's logits exceed it, the ones scored do not
+        from editscale.eval.scoring import logits_at
+
+        ids = torch.tensor([encode(tok, prompts[1])])
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        cols = torch.tensor([3, 0])
+        with torch.no_grad():
+            capped = logits_at(model, inputs, torch.zeros(2, dtype=torch.long), cols)
+            bare = model.get_output_embeddings()(model.base_model(**inputs).last_hidden_state[0, cols])
+            full = model(**inputs).logits[0, cols]
+        torch.testing.assert_close(capped, full, rtol=1e-5, atol=1e-6)
+        assert capped.abs().max() <= 0.05 < bare.abs().max()
+
+
 def test_harmonic_mean_and_entropy():
     assert harmonic_mean([0.5, 1.0, 1.0]) == pytest.approx(3 / (2 + 1 + 1))
     assert harmonic_mean([0.0, 1.0]) == 0.0

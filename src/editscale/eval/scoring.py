@@ -7,6 +7,7 @@ taken only at the target positions so large vocabularies stay cheap.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections import Counter
@@ -49,6 +50,33 @@ class ContinuationScores:
         return ContinuationScores(self.logprob[sl], self.n_tokens[sl], self.all_argmax[sl], self.token_accuracy[sl])
 
 
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+
+
+def logits_at(model: nn.Module, inputs: dict[str, torch.Tensor], rows: torch.Tensor,
+              cols: torch.Tensor) -> torch.Tensor:
+    """(N, vocab) logits at token positions (rows[i], cols[i]) of one forward pass over ``inputs``.
+
+    The LM head is applied only at those positions where the model's forward takes a boolean
+    ``logits_to_keep`` mask (transformers 5), so the logits are still the model's own: its final norm, head and
+    any logit scaling or soft-capping (Gemma). Otherwise the full logits are computed and selected.
+    """
+    if _takes_logits_to_keep(model) and len(rows):
+        width = inputs["input_ids"].shape[1]
+        flat = rows * width + cols
+        kept, back = torch.unique(flat, sorted=True, return_inverse=True)  # the mask yields row-major order
+        mask = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool, device=rows.device)
+        mask.view(-1)[kept] = True
+        try:
+            logits = model(**inputs, logits_to_keep=mask).logits
+        except (IndexError, RuntimeError, TypeError):  # a transformers version without mask support
+            logits = None
+        if logits is not None and logits.ndim == 2 and logits.shape[0] == len(kept):
+            return logits[back]
+    return model(**inputs).logits[rows, cols]
+
+
 @torch.no_grad()
 def score_continuations(
     model: nn.Module,
@@ -80,9 +108,8 @@ def score_continuations(
     order = sorted(range(n), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+        seqs = [pairs[i][0] + pairs[i][1][:-1] for i in idx]  # the last target token predicts nothing read
         batch = pad_batch(seqs, tokenizer.pad_token_id, device)
-        logits = model(**batch.model_inputs()).logits
         # positions t whose logits predict a target token: [len(p)-1, len(p)+len(t)-1)
         rows, cols, tgt, owner = [], [], [], []
         for j, i in enumerate(idx):
@@ -91,8 +118,8 @@ def score_continuations(
             cols.extend(range(p_len - 1, p_len - 1 + len(t_ids)))
             tgt.extend(t_ids)
             owner.extend([j] * len(t_ids))
-        rows_t = torch.tensor(rows, device=device)
-        sel = logits[rows_t, torch.tensor(cols, device=device)].float()
+        sel = logits_at(model, batch.model_inputs(), torch.tensor(rows, device=device),
+                        torch.tensor(cols, device=device)).float()
         lp_all = torch.log_softmax(sel, dim=-1)
         tgt_t = torch.tensor(tgt, device=device)
         lp = lp_all.gather(1, tgt_t[:, None])[:, 0].double().cpu()

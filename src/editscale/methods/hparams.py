@@ -102,12 +102,16 @@ class TargetHparams(HparamsBase):
     v_weight_decay: NonNegativeFloat = 0.5  # x ||delta|| / ||init||^2
     kl_factor: NonNegativeFloat = 0.0625
     kl_prompt: str = "{} is a"
-    kl_other_facts: bool = True  # KL also on the case's other facts of the same subject, when given
+    # editscale's variant, not the reference's: KL also on the case's other facts of the same subject (when the
+    # record gives them). The reference code's KL term uses only kl_prompt ("{subject} is a").
+    kl_other_facts: bool = False
     clamp_norm_factor: PositiveFloat = 4.0  # ||delta|| <= factor x ||init||
     v_early_stop: NonNegativeFloat = 5e-2  # stop a request once its loss (or NLL, see v_stop_on) is below this
     # what v_early_stop is compared with: the whole loss (the reference code), or the new target's NLL alone
-    # (for models whose KL term cannot fall below the threshold, where "loss" always runs all v_steps)
-    v_stop_on: Literal["loss", "nll"] = "loss"
+    # (for models whose KL term cannot fall below the threshold, where "loss" always runs all v_steps), or
+    # "argmax": once every new-target token is the argmax in every prefixed prompt (ENCORE's most-probable
+    # early stopping; v_early_stop is then unused)
+    v_stop_on: Literal["loss", "nll", "argmax"] = "loss"
     target_batch: PositiveInt = 64  # requests optimised together (memory bound only; results are the same)
 
     @field_validator("kl_prompt")

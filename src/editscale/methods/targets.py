@@ -13,7 +13,8 @@
   The per-request losses are summed, so each request's gradient, Adam state and trajectory are those of its
   own optimisation (Adam is elementwise); a request that stops early is frozen and leaves the batch.
   Each prompt's tokens before the vector's position are run once into a key/value cache (``SplitLayout``);
-  every step runs only the rest.
+  every step runs only the rest, and only from the layer holding the vector on: the layers below it are run
+  once and their output is replayed (``skip_modules``). The LM head is applied only where a loss reads it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from editscale.data.records import EditCase, EditRequest
 from editscale.errors import ConfigError, RecordError
-from editscale.model.hooks import add_at, capture, run_until
+from editscale.model.hooks import add_at, capture, run_until, skip_modules
 from editscale.model.loading import model_device
 from editscale.model.tokens import Batch, continuation_ids, encode, last_subject_index, pad_batch
 
@@ -262,11 +263,23 @@ class PromptLayout:
 
     def nll(self, head: nn.Module, hidden: torch.Tensor, active: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
         """(B,) per active request: mean over its prompts of the mean NLL of the target tokens (0 elsewhere)."""
+        return self.nll_and_hits(head, hidden, active, remap)[0]
+
+    def nll_and_hits(self, head: nn.Module, hidden: torch.Tensor, active: torch.Tensor,
+                     remap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``nll`` and (B,) bool: every target token is the argmax in every prompt of the request."""
         sel = active[self.owner[self.tok_row]]
         rows = self.tok_row[sel]
-        logp = torch.log_softmax(head(hidden[remap[rows], self.tok_col[sel]]).float(), -1)
-        per = -logp.gather(1, self.tok_id[sel, None])[:, 0] * self.tok_w[sel]
-        return torch.zeros(active.shape[0], device=per.device).index_add(0, self.owner[rows], per)
+        logits = head(hidden[remap[rows], self.tok_col[sel]]).float()
+        logp = torch.log_softmax(logits, -1)
+        tok_id = self.tok_id[sel]
+        per = -logp.gather(1, tok_id[:, None])[:, 0] * self.tok_w[sel]
+        owner = self.owner[rows]
+        nll = torch.zeros(active.shape[0], device=per.device).index_add(0, owner, per)
+        with torch.no_grad():
+            miss = (logits.argmax(-1) != tok_id).float()
+            misses = torch.zeros(active.shape[0], device=per.device).index_add(0, owner, miss)
+        return nll, misses == 0
 
     def kl_logprobs(self, head: nn.Module, hidden: torch.Tensor, active: torch.Tensor,
                     remap: torch.Tensor) -> torch.Tensor:
@@ -404,6 +417,12 @@ def build_layout(
                         t(kl_w, torch.float32))
 
 
+def _layer_index(layers_path: str, module: str) -> int:
+    """The decoder layer that ``module`` belongs to (0 for a module outside the layers)."""
+    head = module.removeprefix(layers_path + ".").split(".", 1)[0] if module.startswith(layers_path + ".") else ""
+    return int(head) if head.isdigit() else 0
+
+
 def optimize_targets(
     ctx: EditContext,
     requests: Sequence[EditRequest | EditCase | EditItem],
@@ -431,6 +450,9 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
     lay = split_at_vectors(full, ctx.tokenizer.pad_token_id)
     n_req, device = len(items), lay.pos.device
     head, body = model.get_output_embeddings(), model.base_model
+    # the layers below the one holding the vector give the same output at every step: run them once, replay
+    lower_names = [ctx.anatomy.layer_name(i) for i in range(_layer_index(ctx.anatomy.layers, module))]
+    lower = None
     delta = torch.zeros(n_req, head.weight.shape[1], device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     active = torch.ones(n_req, dtype=torch.bool, device=device)
@@ -444,16 +466,23 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
         for it in range(hp.v_steps):
             rsel, remap = lay.rows_of(active)  # only the requests still optimising take part
             row_owner = lay.owner[rsel]
+            width = int(lay.batch.lengths[rsel].max())
             with ExitStack() as stack:
                 if init is None:  # the first pass (delta = 0) records the initial vectors
                     first = stack.enter_context(capture(model, [module], inputs=False, positions=lay.pos))
+                    if lower_names:
+                        below = stack.enter_context(capture(model, lower_names[-1:], inputs=False))
+                elif lower is not None:
+                    stack.enter_context(skip_modules(model, lower_names,
+                                                     lambda h=lower, r=rsel, w=width: h[r, :w]))
                 stack.enter_context(add_at(model, module, lay.pos[rsel], delta[row_owner]))
                 hidden = body(**lay.inputs(rsel, lay.cache(model, prefix_kv, rsel))).last_hidden_state
             if init is None:
                 init = first[module][lay.bare].float()
                 max_norm = hp.clamp_norm_factor * init.norm(dim=1)
+                lower = below[lower_names[-1]] if lower_names else None
 
-            nll = lay.nll(head, hidden, active, remap)
+            nll, hit = lay.nll_and_hits(head, hidden, active, remap)
             kl = torch.zeros(n_req, device=device)
             if len(lay.kl_row):  # KL(edited || original), averaged over each request's KL prompts
                 k_logp = lay.kl_logprobs(head, hidden, active, remap)
@@ -468,8 +497,11 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
             with torch.no_grad():
                 final_loss[active] = loss[active]
                 final_nll[active] = nll[active]
-            crit = loss if hp.v_stop_on == "loss" else nll
-            still = active & (crit.detach() >= hp.v_early_stop)
+            if hp.v_stop_on == "argmax":  # ENCORE's most-probable early stopping
+                still = active & ~hit
+            else:
+                crit = loss if hp.v_stop_on == "loss" else nll
+                still = active & (crit.detach() >= hp.v_early_stop)
             if it == hp.v_steps - 1 or not bool(still.any()):
                 break
             opt.zero_grad()

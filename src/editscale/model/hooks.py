@@ -144,3 +144,30 @@ def edit_output(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def skip_modules(model: nn.Module, names: Sequence[str], output: Callable[[], torch.Tensor]) -> Iterator[None]:
+    """Inside the block the named modules are not run: each call returns ``output()`` instead.
+
+    For a module whose result a caller already has (decoder layers below an intervention, whose outputs do not
+    change between optimisation steps): the caller records it once (``capture(..., inputs=False)``) and replays
+    it. Only for modules that return a plain tensor, as decoder layers do in transformers 5.
+    """
+    patched = []
+
+    def replay(*args, **kwargs):
+        return output()
+
+    for name in names:
+        module = model.get_submodule(name)
+        patched.append((module, module.__dict__.get("forward")))
+        module.forward = replay
+    try:
+        yield
+    finally:
+        for module, own in patched:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
