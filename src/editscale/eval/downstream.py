@@ -26,6 +26,7 @@ from torch import nn
 from editscale.data.downstream import GLUE_TASKS, FewShotTask, glue_task, skill_tasks
 from editscale.errors import ConfigError
 from editscale.eval.scoring import score_continuations
+from editscale.model.compat import cache_kwargs, output_cache
 from editscale.model.loading import model_device
 from editscale.model.tokens import encode, ensure_pad_token, pad_batch, target_ids
 from editscale.progress import progress_bar
@@ -150,7 +151,7 @@ class DownstreamSuite:
         cache = None
         if p_len:
             prefix = torch.tensor([prep.prompt_ids[0][:p_len]], device=device)
-            cache = model(input_ids=prefix, use_cache=True).past_key_values
+            cache = output_cache(model(input_ids=prefix, **cache_kwargs(model, None)))
         out = torch.empty(n, prep.label_ids.shape[1])
         order = sorted(range(n), key=lambda i: len(prep.prompt_ids[i]))  # similar lengths pad little
         with progress_bar(f"downstream {prep.task.name}", n, enabled=progress) as advance:
@@ -162,8 +163,8 @@ class DownstreamSuite:
                     past = copy.deepcopy(cache)
                     past.batch_repeat_interleave(len(idx))
                     mask = torch.cat([mask.new_ones(len(idx), p_len), mask], dim=1)
-                logits = model(input_ids=batch.input_ids, attention_mask=mask, past_key_values=past,
-                               use_cache=past is not None).logits
+                kwargs = cache_kwargs(model, past) if past is not None else {"use_cache": False}
+                logits = model(input_ids=batch.input_ids, attention_mask=mask, **kwargs).logits
                 last = logits[torch.arange(len(idx), device=device), batch.lengths - 1].float()
                 lp = torch.log_softmax(last, dim=-1).gather(1, prep.label_ids[idx].to(device))
                 out[torch.tensor(idx)] = lp.cpu()
