@@ -53,7 +53,7 @@ def texts(n: int = 4000) -> list[str]:
 
 
 def main() -> None:
-    from editscale.stats.second_moment import Corpus, compute_second_moments
+    from editscale.stats.second_moment import Corpus, KeySample, compute_second_moments
 
     ap = argparse.ArgumentParser()
     add_model_options(ap)
@@ -75,8 +75,8 @@ def main() -> None:
         best = float("inf")
         for _ in range(args.repeats):
             t = time.perf_counter()
-            compute_second_moments(model, tok, ls, corpus, n_samples=args.samples, max_length=args.max_length,
-                                   progress=False)
+            compute_second_moments(model, tok, ls, corpus, max_length=args.max_length, progress=False,
+                                   sample=KeySample(n_tokens=args.samples, order="in_order"))
             best = min(best, time.perf_counter() - t)
         return best
 

@@ -19,7 +19,8 @@ def corpus(n: int = 80, seed: int = 0) -> list[str]:
 
 
 # hyperparameters that keep every method to a fraction of a second on the tiny models
-SMALL = {"context_lengths": [(3, 2), (4, 2)], "mom2_n_samples": 600, "v_steps": 6, "mom2_max_length": 32}
+SMALL = {"context_lengths": [(3, 2), (4, 2)], "mom2_n_tokens": 600, "mom2_sampling": "in_order", "v_steps": 6,
+         "mom2_max_length": 32}
 SMALL_FT = {"steps": 3}
 METHODS = ("rome", "r-rome", "memit", "ft-l", "ft-w")
 

@@ -372,6 +372,39 @@ def test_presets_and_default_layers(tmp_path):
     assert resolve_hparams("memit", MemitHparams, model, anatomy, {"layers": [2]}).layers == [2]
 
 
+def test_presets_are_data_files_found_by_the_model_config():
+    """One YAML per model kind: matched by model_type / layers / width (the most specific wins), every value
+    valid for its method's Hparams and given with its reason in a comment, no module names (the anatomy's)."""
+    from importlib import resources
+
+    from editscale.methods.hparams import FtWHparams, preset_values, presets
+    from editscale.model.anatomy import FAMILIES as ANATOMIES
+
+    def fake(model_type, n_layer, width):
+        return SimpleNamespace(config=SimpleNamespace(model_type=model_type, n_layer=n_layer, n_embd=width))
+
+    assert {"gpt2-xl", "gpt-j-6b", "gpt-neox-20b", "llama", "smollm2", "testbed"} <= set(presets())
+    assert model_kind(fake("llama", 30, 576)) == "smollm2"  # SmolLM2-135M, not the generic Llama preset
+    assert model_kind(fake("llama", 32, 4096)) == model_kind(fake("mistral", 32, 4096)) == "llama"
+    assert model_kind(fake("llama", 4, 64)) == "generic"
+    assert model_kind(fake("gpt2", 3, 32), manifest={"rome_layer": 1}) == "testbed"
+    assert preset_values("smollm2", "r-rome") == preset_values("smollm2", "rome")
+    classes = {"rome": RomeHparams, "memit": MemitHparams, "ft-l": FtHparams, "ft-w": FtWHparams}
+    names = {n for a in ANATOMIES.values() for n in (a.mlp_out, a.mlp_in, a.layers, a.final_norm)}
+    for name, preset in presets().items():
+        for method, values in preset.methods.items():
+            classes[method].validated(values)  # a ConfigError naming the field otherwise
+        text = resources.files("editscale.methods").joinpath("presets", f"{name}.yaml").read_text()
+        assert not any(n in text for n in names), name
+        for line in text.splitlines():
+            if line.startswith("  ") and ":" in line and not line.strip().startswith("#"):
+                assert "#" in line or line.split(":", 1)[0].strip() in ("model_type", "layers", "width",
+                                                                       "min_layers", "testbed_manifest"), line
+    # the testbed's statistics keep editscale's former meaning: 20,000 key vectors in corpus order
+    tb = RomeHparams.validated(preset_values("testbed", "rome"))
+    assert (tb.mom2_n_tokens, tb.mom2_n_texts, tb.mom2_sampling) == (20_000, None, "in_order")
+
+
 @pytest.mark.parametrize("method", ["rome", "memit", "ft-l"])
 def test_bfloat16_models_are_edited_with_float32_statistics(method, tok, texts):
     model = random_model("llama", vocab_size=len(tok)).to(torch.bfloat16)

@@ -25,8 +25,9 @@ MethodOpt = Annotated[str, typer.Option("--method", help="rome, r-rome, memit, f
 HparamsOpt = Annotated[Path | None, typer.Option("--hparams", help="YAML file of hyperparameter overrides.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="One hyperparameter override KEY=VALUE "
                                                                   "(VALUE in YAML, e.g. layers=[1,2]); repeatable.")]
-CorpusOpt = Annotated[str | None, typer.Option(help="Text for the key statistics: a text file, testbed:NAME or "
-                                                     "hub:NAME (default: the model directory's corpus.txt).")]
+CorpusOpt = Annotated[str | None, typer.Option(help="Text for the key statistics: a text file (one text per "
+                                                     "line), testbed:NAME or hub:NAME (default: the model "
+                                                     "directory's corpus.txt, else WikiText-103 from the hub).")]
 StatsDirOpt = Annotated[Path | None, typer.Option(help="Statistics cache directory (default: "
                                                           "$EDITSCALE_HOME/stats or ~/.cache/editscale/stats).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the context prefixes.")]

@@ -24,12 +24,17 @@ from editscale.model.anatomy import Anatomy, get_anatomy
 from editscale.model.loading import fingerprint as model_fingerprint
 from editscale.model.loading import model_device, model_dir, read_testbed_manifest
 from editscale.model.tokens import ensure_pad_token
-from editscale.stats.second_moment import Corpus, StatsCache, resolve_corpus, second_moments
+from editscale.stats.second_moment import Corpus, KeySample, StatsCache, resolve_corpus, second_moments
 
 if TYPE_CHECKING:
     from editscale.methods.hparams import StatsHparams
 
 _DEFAULT = "default"
+
+
+def key_sample(hp: StatsHparams) -> KeySample:
+    """The keys the hyperparameters' statistics are estimated from."""
+    return KeySample(hp.mom2_n_texts, hp.mom2_n_tokens, hp.mom2_sampling, hp.mom2_seed)
 
 
 class EditContext:
@@ -106,7 +111,7 @@ class EditContext:
         spec = self._moment_spec(hp)
         missing = [layer for layer in layers if (layer, *spec) not in self._moments]
         if missing:
-            got = second_moments(self.model, self.tokenizer, missing, corpus, n_samples=hp.mom2_n_samples,
+            got = second_moments(self.model, self.tokenizer, missing, corpus, sample=key_sample(hp),
                                  dtype=hp.mom2_dtype, max_length=hp.mom2_max_length,
                                  batch_size=hp.mom2_batch_size, cache=self.stats_cache,
                                  fingerprint=self.fingerprint, progress=self.progress)
@@ -115,7 +120,7 @@ class EditContext:
         return {layer: self._moments[(layer, *spec)] for layer in layers}
 
     def _moment_spec(self, hp: StatsHparams) -> tuple:
-        return (self.corpus(hp.mom2_corpus).digest, hp.mom2_n_samples, hp.mom2_dtype, hp.mom2_max_length)
+        return (self.corpus(hp.mom2_corpus).digest, key_sample(hp), hp.mom2_dtype, hp.mom2_max_length)
 
     def second_moment(self, layer: int, hp: StatsHparams) -> torch.Tensor:
         return self.second_moments([layer], hp)[layer]

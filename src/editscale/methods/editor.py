@@ -106,7 +106,7 @@ class Editor:
     def prepare(self) -> Editor:
         """Compute (or load) the statistics and sample the context prefixes the method will use."""
         hp = self.hparams
-        if hasattr(hp, "mom2_n_samples") and getattr(hp, "mom2_adjustment", True):
+        if hasattr(hp, "mom2_n_texts") and getattr(hp, "mom2_adjustment", True):
             layers = hp.layers if hasattr(hp, "layers") else [hp.layer]
             self.context.second_moments(list(layers), hp)
         if hasattr(hp, "context_lengths"):

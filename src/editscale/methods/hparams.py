@@ -3,8 +3,9 @@
 A method's hyperparameters are resolved in three steps (``resolve_hparams``):
 
 1. the class defaults, which are the GPT-J values of the reference implementations;
-2. a preset for the model when it is recognised (GPT-2 XL, GPT-J 6B, GPT-NeoX 20B, Llama-family, a testbed
-   model with its ``editscale_testbed.json`` manifest), see ``PRESETS``;
+2. a preset for the model when it is recognised (GPT-2 XL, GPT-J 6B, GPT-NeoX 20B, Llama-family, SmolLM2, a
+   testbed model with its ``editscale_testbed.json`` manifest): one YAML file per model kind in
+   ``methods/presets``, see ``presets()`` and ``model_kind``;
 3. the caller's overrides (a dict, a YAML file or an Hparams object).
 
 Layers left unset default from the manifest or from the model's depth (``default_layers``). Every problem is a
@@ -13,6 +14,9 @@ one-line ``ConfigError`` naming the field.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -21,10 +25,12 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from torch import nn
 
@@ -83,10 +89,24 @@ class StatsHparams(HparamsBase):
     """Second-moment statistics of the keys (C = E[k k^T])."""
 
     mom2_corpus: str | None = Field(None, description="text file, testbed:NAME, hub:NAME; None: the model's own")
-    mom2_n_samples: PositiveInt = 100_000  # key vectors (tokens)
+    # how many keys: texts (the reference implementations' mom2_n_samples counts texts: 100,000 Wikipedia texts
+    # of up to mom2_max_length tokens) and/or key vectors (one per token); the first reached ends the pass
+    mom2_n_texts: PositiveInt | None = 100_000
+    mom2_n_tokens: PositiveInt | None = None
+    # texts drawn at random (seeded by mom2_seed) across the whole corpus, as the reference; or its first texts
+    mom2_sampling: Literal["random", "in_order"] = "random"
+    mom2_seed: NonNegativeInt = 0
     mom2_dtype: Literal["float32", "float64"] = "float32"
     mom2_max_length: PositiveInt = 1024  # tokens per text (clipped to the model's context)
     mom2_batch_size: PositiveInt = 16
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "mom2_n_samples" in data:
+            raise ValueError("mom2_n_samples is gone, its unit was unclear: give mom2_n_texts (texts, the reference "
+                             "implementations' unit) or mom2_n_tokens (key vectors, editscale's old meaning)")
+        return data
 
 
 class TargetHparams(HparamsBase):
@@ -183,63 +203,71 @@ class FtWHparams(FtHparams):
 # --------------------------------------------------------------------------------------------------------
 # presets
 # --------------------------------------------------------------------------------------------------------
-# Per model kind and method: the values of the reference implementations (kmeng01/rome, kmeng01/memit,
-# EasyEdit for Llama) where they differ from the class defaults. Layers are 0-indexed.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "gpt2-xl": {
-        "rome": {"layer": 17, "v_steps": 20, "v_weight_decay": 0.5, "clamp_norm_factor": 4.0},
-        "memit": {"layers": [13, 14, 15, 16, 17], "mom2_update_weight": 20_000, "v_steps": 20,
-                  "clamp_norm_factor": 0.75},
-        "ft-l": {"layer": 17, "norm_constraint": 5e-4},
-        "ft-w": {"layer": 17},
-    },
-    "gpt-j-6b": {
-        "rome": {"layer": 5},
-        "memit": {"layers": [3, 4, 5, 6, 7, 8], "mom2_update_weight": 15_000},
-        "ft-l": {"layer": 5, "norm_constraint": 5e-5},
-        "ft-w": {"layer": 21},
-    },
-    "gpt-neox-20b": {
-        "memit": {"layers": [6, 7, 8, 9, 10], "mom2_update_weight": 20_000, "v_steps": 20,
-                  "clamp_norm_factor": 0.3, "mom2_n_samples": 50_000},
-    },
-    "llama": {
-        "rome": {"layer": 5, "v_steps": 25, "v_weight_decay": 1e-3},
-        "memit": {"layers": [4, 5, 6, 7, 8], "mom2_update_weight": 15_000, "v_weight_decay": 1e-3,
-                  "clamp_norm_factor": 4.0},
-        "ft-l": {"layer": 5, "norm_constraint": 5e-5},
-        "ft-w": {"layer": 5},
-    },
-    # the testbed's small fact models (layers come from the manifest); tuned on testbed:demo
-    "testbed": {
-        "rome": {"context_lengths": [(5, 5), (10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
-                 "v_steps": 60, "v_stop_on": "nll"},
-        "memit": {"context_lengths": [(10, 5)], "mom2_n_samples": 20_000, "mom2_max_length": 128,
-                  "v_steps": 60, "mom2_update_weight": 200, "v_stop_on": "nll"},
-        "ft-l": {"norm_constraint": 5e-3, "lr": 5e-3, "steps": 25},
-        "ft-w": {"lr": 5e-3},
-    },
-}
+# One YAML file per model kind in ``methods/presets`` (package data): how the kind is recognised from the
+# model's config (``match``), then per method the values that differ from the class defaults, each with its
+# reason in a comment. Layers are 0-indexed; module names are the anatomy's and never appear there.
+PRESET_DIR = "presets"
 PRESET_ALIASES = {"r-rome": "rome"}
+_MATCH_KEYS = {"model_type", "layers", "width", "min_layers", "testbed_manifest"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One model kind's preset file: its name (the file's stem), how it is matched, its values per method."""
+
+    name: str
+    match: dict[str, Any]
+    methods: dict[str, dict[str, Any]]
+
+    def matches(self, model_type: str | None, n_layers: int | None, width: int | None, testbed: bool) -> int:
+        """0 if the preset does not apply, else how specific it is (the most specific match wins)."""
+        m = self.match
+        if m.get("testbed_manifest") or testbed:
+            return 10 if m.get("testbed_manifest") and testbed else 0
+        if model_type not in m.get("model_type", []):
+            return 0
+        if "layers" in m and n_layers != m["layers"] or "width" in m and width != m["width"]:
+            return 0
+        if "min_layers" in m and (n_layers is None or n_layers < m["min_layers"]):
+            return 0
+        return 1 + ("layers" in m) + ("width" in m)
+
+
+@cache
+def presets() -> dict[str, Preset]:
+    """Every preset file of the package, by name."""
+    import yaml
+
+    out = {}
+    for entry in sorted(resources.files("editscale.methods").joinpath(PRESET_DIR).iterdir(),
+                        key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        name = entry.name.removesuffix(".yaml")
+        data = yaml.safe_load(entry.read_text()) or {}
+        match = data.pop("match", None)
+        if not isinstance(match, dict) or not match or set(match) - _MATCH_KEYS:
+            raise ConfigError(f"preset {entry.name}: 'match' must be a mapping of {sorted(_MATCH_KEYS)}")
+        out[name] = Preset(name, match, {k: dict(v or {}) for k, v in data.items()})
+    return out
 
 
 def model_kind(model: nn.Module, manifest: dict[str, Any] | None = None) -> str:
-    """Which preset applies: gpt2-xl, gpt-j-6b, gpt-neox-20b, llama, testbed, or generic."""
-    if manifest is not None:
-        return "testbed"
+    """Which preset applies (the name of its file in ``methods/presets``), or ``generic``: the most specific
+    preset whose ``match`` fits the model's config (model_type, number of layers, width) or testbed manifest."""
     cfg = getattr(model, "config", None)
     mtype = getattr(cfg, "model_type", None)
     n_layer = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
     width = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
-    if mtype == "gpt2" and (n_layer, width) == (48, 1600):
-        return "gpt2-xl"
-    if mtype == "gptj" and (n_layer, width) == (28, 4096):
-        return "gpt-j-6b"
-    if mtype == "gpt_neox" and (n_layer, width) == (44, 6144):
-        return "gpt-neox-20b"
-    if mtype in ("llama", "mistral", "qwen2") and n_layer is not None and n_layer >= 16:
-        return "llama"
-    return "generic"
+    scores = {name: p.matches(mtype, n_layer, width, manifest is not None) for name, p in presets().items()}
+    best = max(scores, key=lambda name: scores[name], default=None)
+    return best if best is not None and scores[best] > 0 else "generic"
+
+
+def preset_values(kind: str, method: str) -> dict[str, Any]:
+    """The preset's values for ``method`` on a model of ``kind`` (empty when there are none)."""
+    preset = presets().get(kind)
+    return dict(preset.methods.get(PRESET_ALIASES.get(method, method), {})) if preset else {}
 
 
 def default_layers(method: str, n_layers: int, manifest: dict[str, Any] | None = None) -> list[int]:
@@ -296,7 +324,7 @@ def resolve_hparams(
         if named is not None and named != method:
             raise ConfigError(f"the hyperparameters are for method {named!r}, not {method!r}")
         kind = model_kind(model, manifest)
-        preset = PRESETS.get(kind, {}).get(PRESET_ALIASES.get(method, method), {})
+        preset = preset_values(kind, method)
         hp = cls.validated({**scaled_defaults(cls, kind, model, anatomy), **preset, **overrides})
     n_layers = anatomy.n_layers(model)
     if "layers" in type(hp).model_fields:

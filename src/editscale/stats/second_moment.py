@@ -5,10 +5,14 @@ implementations run one full pass over the corpus per layer; here every requeste
 forward pass that stops after the deepest needed layer, so the cost does not grow with the number of layers.
 
 - ``Corpus``: where the text comes from (a list of texts, a local text file, a testbed model's corpus.txt,
-  or a Hugging Face hub dataset when a network exists), with a content digest for cache keys.
-- ``compute_second_moments``: the one-pass accumulation (sample count in tokens, accumulation dtype).
+  or a Hugging Face hub dataset when a network exists), with a content digest for cache keys; its texts in
+  order or drawn at random (seeded) across the whole corpus.
+- ``KeySample``: which keys the estimate uses, with its unit in its names: ``n_texts`` texts (the reference
+  implementations' ``mom2_n_samples``: 100,000 Wikipedia texts of up to 1,024 tokens, drawn at random)
+  and/or ``n_tokens`` key vectors (one per token), drawn at random or taken in corpus order.
+- ``compute_second_moments``: the one-pass accumulation (accumulation dtype float32 or float64).
 - ``StatsCache``: an explicit on-disk cache (safetensors), keyed by model fingerprint, layer, corpus digest,
-  sample count, dtype and sequence length; every file is verified (key and checksum) when read.
+  the sample (unit, count, order, seed), dtype and sequence length; every file is verified when read.
 - ``second_moments``: cache lookups plus one pass for whatever is missing.
 """
 
@@ -19,9 +23,11 @@ import json
 import os
 import tempfile
 import warnings
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -49,9 +55,21 @@ class Corpus:
     name: str
     digest: str
     _texts: Callable[[], Iterable[str]]
+    _shuffled: Callable[[int], Iterable[str]] | None = None  # every text once, in a seeded random order
 
     def texts(self) -> Iterator[str]:
+        """The non-blank texts in corpus order."""
         for t in self._texts():
+            if t and t.strip():
+                yield t
+
+    def shuffled(self, seed: int) -> Iterator[str]:
+        """The non-blank texts, each once, in a random order fixed by ``seed``: reading the first n gives n
+        texts drawn at random across the whole corpus (as the reference's ``random_sample``)."""
+        if self._shuffled is None:
+            raise DataLoadError(f"statistics corpus {self.name!r} cannot be sampled at random; take its texts "
+                                "in order (mom2_sampling: in_order)")
+        for t in self._shuffled(seed):
             if t and t.strip():
                 yield t
 
@@ -64,25 +82,40 @@ class Corpus:
         for t in texts:
             h.update(t.encode())
             h.update(b"\0")
-        return cls(name, h.hexdigest()[:16], lambda: texts)
+        return cls(name, h.hexdigest()[:16], lambda: texts,
+                   lambda seed: (texts[i] for i in _permutation(len(texts), seed)))
 
     @classmethod
     def from_file(cls, path: str | Path) -> Corpus:
-        """A local text file: one text per non-blank line."""
+        """A local text file: one text per non-blank line.
+
+        The file is read once here, for its digest and the byte offset of every non-blank line (8 bytes a
+        line); random samples then seek to the lines drawn, so memory does not grow with the file's text."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataLoadError(f"statistics corpus file {str(path)!r} does not exist")
         h = hashlib.sha256()
+        offsets = array("q")
+        at = 0
         with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            for line in f:
+                h.update(line)
+                if line.strip():
+                    offsets.append(at)
+                at += len(line)
 
         def read() -> Iterator[str]:
             with path.open(encoding="utf-8", errors="replace") as f:
                 for line in f:
                     yield line.rstrip("\n")
 
-        return cls(str(path), h.hexdigest()[:16], read)
+        def shuffled(seed: int) -> Iterator[str]:
+            with path.open("rb") as f:
+                for i in _permutation(len(offsets), seed):
+                    f.seek(offsets[i])
+                    yield f.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+
+        return cls(str(path), h.hexdigest()[:16], read, shuffled)
 
     @classmethod
     def from_hub(cls, name: str, config: str | None = None, split: str = "train", field: str = "text") -> Corpus:
@@ -97,7 +130,7 @@ class Corpus:
         if not hub_reachable():
             raise DataLoadError(
                 f"statistics corpus {name!r} looks like a hub dataset, but the hub cannot be reached (no "
-                "network); pass a local text file (one text per line) or a list of texts instead"
+                f"network); {_PASS_A_FILE}"
             )
         ident = json.dumps({"hub": name, "config": config, "split": split, "field": field})
 
@@ -108,8 +141,24 @@ class Corpus:
             for row in ds:
                 yield row[field]
 
+        def shuffled(seed: int) -> Iterator[str]:  # the whole split, memory-mapped from the datasets cache
+            import datasets
+
+            ds = datasets.load_dataset(name, config, split=split)
+            for i in _permutation(len(ds), seed):
+                yield ds[int(i)][field]
+
         return cls(f"hub:{name}" + (f":{config}" if config else ""), hashlib.sha256(ident.encode()).hexdigest()[:16],
-                   read)
+                   read, shuffled)
+
+
+_PASS_A_FILE = "pass a local text file, one text per line (--corpus FILE; corpus=... in Python), e.g. WikiText"
+DEFAULT_CORPUS = "hub:wikitext:wikitext-103-raw-v1"  # for models that ship no corpus.txt (the papers: Wikipedia)
+
+
+def _permutation(n: int, seed: int) -> Sequence[int]:
+    """0..n-1 in a random order fixed by ``seed`` (a numpy array: 8 bytes an entry)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
 
 
 def resolve_corpus(spec: str | Path | Sequence[str] | Corpus | None, model_dir: Path | None = None) -> Corpus:
@@ -128,10 +177,11 @@ def resolve_corpus(spec: str | Path | Sequence[str] | Corpus | None, model_dir: 
     if spec is None or str(spec) == "auto":
         if model_dir is not None and (model_dir / CORPUS_FILE).is_file():
             return Corpus.from_file(model_dir / CORPUS_FILE)
-        raise DataLoadError(
-            "no statistics corpus for this model: pass one (corpus=... / --corpus), e.g. a local text file "
-            "such as WikiText, a list of texts, or 'hub:wikitext:wikitext-103-raw-v1' where a network exists"
-        )
+        try:
+            return resolve_corpus(DEFAULT_CORPUS)
+        except DataLoadError:
+            raise DataLoadError(f"no statistics corpus: this model ships none, and the default, {DEFAULT_CORPUS}, "
+                                f"needs the hub (a network and the 'datasets' package); {_PASS_A_FILE}") from None
     text = str(spec)
     if text.startswith("testbed:"):
         raise DataLoadError(f"statistics corpus {text!r} names a testbed model; pass its directory instead "
@@ -155,13 +205,45 @@ def resolve_corpus(spec: str | Path | Sequence[str] | Corpus | None, model_dir: 
 # --------------------------------------------------------------------------------------------------------
 # computation
 # --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KeySample:
+    """Which keys a second moment is estimated from.
+
+    Texts are drawn from the corpus (``order="random"``: at random across the whole corpus, fixed by
+    ``seed``, as the reference; ``"in_order"``: its first texts), each truncated to the statistics' maximum
+    length, and all their tokens' keys are used, until ``n_texts`` texts or ``n_tokens`` key vectors (the
+    last text cut short), whichever comes first; neither set: the whole corpus.
+    """
+
+    n_texts: int | None = None
+    n_tokens: int | None = None
+    order: Literal["random", "in_order"] = "random"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for field in ("n_texts", "n_tokens"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise ConfigError(f"statistics sample: {field} must be positive, got {value}")
+        if self.order not in ("random", "in_order"):
+            raise ConfigError(f"statistics sample: order must be 'random' or 'in_order', got {self.order!r}")
+
+    def texts(self, corpus: Corpus) -> Iterator[str]:
+        return corpus.shuffled(self.seed) if self.order == "random" else corpus.texts()
+
+    def describe(self) -> str:
+        counts = [f"{n:,} {unit}" for n, unit in ((self.n_texts, "texts"), (self.n_tokens, "tokens")) if n]
+        return f"{' / '.join(counts) or 'all texts'}, {self.order.replace('_', ' ')}"
+
+
 @dataclass
 class SecondMoment:
-    """E[k k^T] (k, k) of one layer's keys, estimated from ``count`` key vectors (tokens)."""
+    """E[k k^T] (k, k) of one layer's keys, estimated from ``count`` key vectors (tokens) of ``texts`` texts."""
 
     layer: int
     matrix: torch.Tensor
     count: int
+    texts: int = 0
 
 
 def _max_positions(model: nn.Module) -> int:
@@ -194,7 +276,7 @@ def compute_second_moments(
     layers: Sequence[int],
     corpus: Corpus,
     *,
-    n_samples: int,
+    sample: KeySample,
     dtype: torch.dtype = torch.float32,
     max_length: int = 256,
     batch_size: int = 16,
@@ -202,14 +284,12 @@ def compute_second_moments(
 ) -> dict[int, SecondMoment]:
     """E[k k^T] of the MLP-output-matrix inputs of every layer in ``layers``, in one pass over ``corpus``.
 
-    Each text is truncated to ``max_length`` tokens (and the model's context); padding is left out. The pass
-    stops once ``n_samples`` key vectors (tokens) have been accumulated, and every forward pass stops after the
-    deepest requested layer. Keys are accumulated in ``dtype`` (float32 or float64) whatever the model's dtype.
+    Each text is truncated to ``max_length`` tokens (and the model's context); padding is left out. The texts
+    and the point where the pass stops are ``sample``'s; every forward pass stops after the deepest requested
+    layer. Keys are accumulated in ``dtype`` (float32 or float64) whatever the model's dtype.
     """
     if not layers:
         return {}
-    if n_samples < 1:
-        raise ConfigError(f"n_samples must be positive, got {n_samples}")
     anatomy = get_anatomy(model)
     ensure_pad_token(tokenizer)
     layers = sorted(set(layers))
@@ -220,34 +300,41 @@ def compute_second_moments(
     max_length = min(max_length, _max_positions(model))
     dim = anatomy.key_dim(model, layers[0])
     acc = {layer: torch.zeros(dim, dim, dtype=dtype, device=device) for layer in layers}
-    count = 0
+    max_tokens, max_texts = sample.n_tokens or 1 << 62, sample.n_texts or 1 << 62
+    count = n_texts = 0
     was_training = model.training
     model.eval()
     try:
-        with progress_bar(f"second moments, layers {layers}", n_samples, progress) as advance:
-            for seqs in _batches(tokenizer, corpus.texts(), max_length, batch_size):
+        total, unit = (sample.n_tokens, "tokens") if sample.n_tokens else (sample.n_texts, "texts")
+        with progress_bar(f"second moments, layers {layers} ({unit})", total, progress) as advance:
+            for seqs in _batches(tokenizer, sample.texts(corpus), max_length, batch_size):
+                seqs = seqs[: max_texts - n_texts]
                 batch = pad_batch(seqs, tokenizer.pad_token_id, device)
                 with capture(model, list(names.values()), inputs=True, stop_after=names[layers[-1]]) as got:
                     run_until(model, **batch.model_inputs())
                 mask = batch.attention_mask.bool()
-                take = min(int(mask.sum()), n_samples - count)
+                take = min(int(mask.sum()), max_tokens - count)
                 for layer, name in names.items():
                     _add_outer(acc[layer], got[name][mask][:take].to(dtype))
+                starts = mask.sum(1).cumsum(0) - mask.sum(1)  # where each text's keys begin among the batch's
+                used = int((starts < take).sum())  # texts with at least one key taken
                 count += take
-                advance(take)
-                if count >= n_samples:
+                n_texts += used
+                advance(take if unit == "tokens" else used)
+                if count >= max_tokens or n_texts >= max_texts:
                     break
     finally:
         model.train(was_training)
     if count == 0:
         raise DataLoadError(f"statistics corpus {corpus.name!r} produced no tokens")
-    if count < n_samples:
-        warnings.warn(f"statistics corpus {corpus.name!r} has only {count} tokens, fewer than the "
-                      f"{n_samples} asked for; using them all", stacklevel=2)
+    if count < max_tokens and n_texts < max_texts and (sample.n_tokens or sample.n_texts):
+        warnings.warn(f"statistics corpus {corpus.name!r} has only {n_texts} texts ({count} tokens), fewer than "
+                      f"the {sample.describe()} asked for; using them all", stacklevel=2)
     if count < dim:
         warnings.warn(f"second moment from {count} tokens for keys of width {dim}: the matrix is singular; "
                       "use a larger corpus", stacklevel=2)
-    return {layer: SecondMoment(layer, (_symmetric(m) / count).cpu(), count) for layer, m in acc.items()}
+    return {layer: SecondMoment(layer, (_symmetric(m) / count).cpu(), count, n_texts)
+            for layer, m in acc.items()}
 
 
 _BLOCKS = 4  # column blocks of the keys; only the blocks on and above the diagonal of K^T K are computed
@@ -277,7 +364,7 @@ class StatsKey:
     layer: int
     module: str
     corpus: str  # the corpus digest
-    n_samples: int
+    sample: KeySample  # unit(s), count(s), order and seed
     dtype: str
     max_length: int
 
@@ -315,14 +402,14 @@ class StatsCache:
             ok = (json.loads(meta.get("key", "null")) == asdict(key)
                   and meta.get("sha256") == _checksum(matrix)
                   and matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1])
-            count = int(meta.get("count", "0"))
+            count, texts = int(meta.get("count", "0")), int(meta.get("texts", "0"))
         except (OSError, ValueError, SafetensorError):  # unreadable or truncated file
-            ok, matrix, count = False, None, 0
+            ok, matrix, count, texts = False, None, 0, 0
         if not ok:
             warnings.warn(f"ignoring the cached second moment {path} (failed verification); recomputing",
                           stacklevel=2)
             return None
-        return SecondMoment(key.layer, matrix, count)
+        return SecondMoment(key.layer, matrix, count, texts)
 
     def save(self, key: StatsKey, moment: SecondMoment) -> Path:
         """Write atomically (a temporary file renamed into place), so no half-written file is ever read."""
@@ -330,7 +417,8 @@ class StatsCache:
 
         self.directory.mkdir(parents=True, exist_ok=True)
         matrix = moment.matrix.detach().cpu().contiguous()
-        meta = {"key": json.dumps(asdict(key)), "sha256": _checksum(matrix), "count": str(moment.count)}
+        meta = {"key": json.dumps(asdict(key)), "sha256": _checksum(matrix), "count": str(moment.count),
+                "texts": str(moment.texts)}
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(fd)
         try:
@@ -348,7 +436,7 @@ def second_moments(
     layers: Sequence[int],
     corpus: Corpus,
     *,
-    n_samples: int,
+    sample: KeySample,
     dtype: str = "float32",
     max_length: int = 256,
     batch_size: int = 16,
@@ -367,7 +455,7 @@ def second_moments(
     if cache is not None and fingerprint is None:
         fingerprint = model_fingerprint(model)
     max_length = min(max_length, _max_positions(model))
-    keys = {layer: StatsKey(fingerprint or "", layer, anatomy.weight_name(layer), corpus.digest, n_samples, dtype,
+    keys = {layer: StatsKey(fingerprint or "", layer, anatomy.weight_name(layer), corpus.digest, sample, dtype,
                             max_length) for layer in set(layers)}
     found: dict[int, SecondMoment] = {}
     if cache is not None:
@@ -377,7 +465,7 @@ def second_moments(
                 found[layer] = hit
     missing = sorted(set(keys) - set(found))
     if missing:
-        computed = compute_second_moments(model, tokenizer, missing, corpus, n_samples=n_samples,
+        computed = compute_second_moments(model, tokenizer, missing, corpus, sample=sample,
                                           dtype=_ACC_DTYPES[dtype], max_length=max_length,
                                           batch_size=batch_size, progress=progress)
         for layer, moment in computed.items():

@@ -23,7 +23,7 @@ from editscale.data.world import World
 from editscale.model.anatomy import get_anatomy
 from editscale.model.hooks import capture, run_until
 from editscale.model.tokens import encode, last_subject_index, pad_batch
-from editscale.stats.second_moment import Corpus, compute_second_moments
+from editscale.stats.second_moment import Corpus, KeySample, compute_second_moments
 from editscale.testbed.specs import TestbedSpec
 
 
@@ -73,7 +73,8 @@ def key_statistics(model: nn.Module, tokenizer, world: World, corpus: Sequence[s
     subjects = rng.sample(list(world.subjects), min(n_subjects, len(world.subjects)))
     prompts = [(world.relations[i % len(world.relations)].edit_template, s) for i, s in enumerate(subjects)]
     moments = compute_second_moments(model, tokenizer, layers, Corpus.from_texts(corpus, "corpus.txt"),
-                                     n_samples=n_samples, max_length=128, progress=False)
+                                     sample=KeySample(n_tokens=n_samples, order="in_order"), max_length=128,
+                                     progress=False)
     keys = subject_keys(model, tokenizer, prompts, layers)
     others = corpus_keys(model, tokenizer, rng.sample(list(corpus), min(64, len(corpus))), layers, 2000, spec.seed)
     result = {}
