@@ -7,6 +7,7 @@ import torch
 from tiny import FAMILIES, bpe_tokenizer, random_model
 
 from editscale.errors import ModelLoadError, SubjectNotInPromptError, UnsupportedModelError
+from editscale.model.anatomy import FAMILIES as ANATOMIES
 from editscale.model.anatomy import get_anatomy
 from editscale.model.hooks import add_at, capture, run_until
 from editscale.model.loading import fingerprint, load_model
@@ -20,7 +21,7 @@ def tok():
     return bpe_tokenizer()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "gemma3_text"])
 def test_anatomy_shapes_and_orientation(family, tok):
     model = random_model(family, vocab_size=len(tok))
     a = get_anatomy(model)
@@ -41,6 +42,18 @@ def test_anatomy_shapes_and_orientation(family, tok):
     assert torch.allclose(out, expected, atol=1e-5)
     with pytest.raises(UnsupportedModelError, match="layers 0-2"):
         a.layer(model, 3)
+
+
+@pytest.mark.parametrize("model_type", sorted(ANATOMIES))
+def test_every_anatomy_names_modules_its_family_has(model_type):
+    model = random_model(model_type)
+    a = get_anatomy(model)
+    assert model.config.model_type == model_type and a is ANATOMIES[model_type]
+    names = dict(model.named_modules())
+    layer = a.layer_name(1)
+    for rel in (a.mlp_in, a.mlp_out, a.mlp_norm, a.mlp_gate, a.attn):
+        assert rel is None or f"{layer}.{rel}" in names, (model_type, rel)
+    assert a.final_norm in names
 
 
 def test_unknown_architecture_is_a_clear_error():
@@ -116,6 +129,9 @@ def test_load_errors(tmp_path):
         load_model(str(tmp_path / "nope"))
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path))
+    for name in ("testbed:demo", str(tmp_path / "model.gguf")):  # names are resolved a layer up
+        with pytest.raises(ModelLoadError, match="not a model directory.*editscale.load_model"):
+            load_model(name)
 
 
 def test_hub_name_offline_is_one_clear_error(monkeypatch):

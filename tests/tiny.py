@@ -30,7 +30,8 @@ def bpe_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
 
 
 def random_model(family: str, vocab_size: int = 400, layers: int = 3, seed: int = 0) -> nn.Module:
-    """A small random-weight causal LM of the given family (gpt2, gptj, gpt_neox, llama, mistral, qwen2)."""
+    """A small random-weight causal LM of the given family (gpt2, gptj, gpt_neox, llama, mistral, qwen2,
+    gemma3_text)."""
     import transformers as T
 
     torch.manual_seed(seed)
@@ -48,6 +49,10 @@ def random_model(family: str, vocab_size: int = 400, layers: int = 3, seed: int 
         config_cls = T.MistralConfig if family == "mistral" else T.Qwen2Config
         cfg = config_cls(num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
                          intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=128)
+    elif family == "gemma3_text":
+        cfg = T.Gemma3TextConfig(num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                                 head_dim=16, intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=128,
+                                 query_pre_attn_scalar=16, sliding_window=64)
     else:
         raise ValueError(family)
     cfg.bos_token_id = cfg.eos_token_id = cfg.pad_token_id = 0

@@ -33,6 +33,7 @@ from editscale.cli import (
     downstream,  # noqa: F401
     edit,  # noqa: F401
     evaluate,  # noqa: F401
+    models,  # noqa: F401
     run,  # noqa: F401
     testbed,  # noqa: F401
     trace,  # noqa: F401

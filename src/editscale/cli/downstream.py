@@ -9,9 +9,7 @@ import typer
 
 from editscale.cli import app
 from editscale.cli.common import print_json
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="testbed:tiny, testbed:demo, a local model "
-                                                               "directory, or a Hugging Face hub name.")]
+from editscale.cli.evaluate import ModelOpt
 
 
 @app.command("downstream")

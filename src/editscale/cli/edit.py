@@ -147,7 +147,8 @@ def save_edited(directory: Path, model, tok, deltas, meta: dict[str, Any]) -> No
 
 @app.command("edit")
 def edit_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="testbed:NAME, a local model directory or a hub name.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="testbed:NAME, smollm2-135m (editscale models), a "
+                                                             ".gguf file, a local model directory or a hub name.")],
     method: MethodOpt = "memit",
     prompt: Annotated[str | None, typer.Option(help="Prompt with '{}' where the subject goes (or the subject "
                                                      "written out).")] = None,

@@ -10,8 +10,9 @@ from editscale.cli import app
 from editscale.cli.common import print_json, print_scores
 from editscale.cli.edit import CorpusOpt, HparamsOpt, SeedOpt, SetOpt, StatsDirOpt
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="testbed:tiny, testbed:demo, a local model "
-                                                               "directory, or a Hugging Face hub name.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="testbed:tiny, testbed:demo, smollm2-135m, "
+                                                               "gemma-3-270m (editscale models), a .gguf file, a "
+                                                               "local model directory, or a Hugging Face hub name.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="A records file (CounterFact, EasyEdit, zsRE or "
                                                              "editscale JSON/JSONL) or testbed:NAME.")]
 

@@ -105,6 +105,11 @@ GPT_NEOX = Anatomy("gpt_neox", "gpt_neox.layers", "mlp.dense_h_to_4h", "mlp.dens
                    "post_attention_layernorm", "gpt_neox.final_layer_norm", attn="attention")
 LLAMA = Anatomy("llama", "model.layers", "mlp.up_proj", "mlp.down_proj", "post_attention_layernorm",
                 "model.norm", mlp_gate="mlp.gate_proj", attn="self_attn")
+# Gemma 3 (text): Llama's gated MLP between its own pair of norms (pre_feedforward_layernorm before it,
+# post_feedforward_layernorm on its output, before the residual add). Its embeddings are scaled inside the
+# embedding module; logits always come from the model's own forward (its LM head and any soft-capping).
+GEMMA3 = Anatomy("gemma3", "model.layers", "mlp.up_proj", "mlp.down_proj", "pre_feedforward_layernorm",
+                 "model.norm", mlp_gate="mlp.gate_proj", attn="self_attn")
 
 # model_type (from the HF config) -> anatomy. Mistral and Qwen2 share Llama's layout.
 FAMILIES: dict[str, Anatomy] = {
@@ -114,6 +119,7 @@ FAMILIES: dict[str, Anatomy] = {
     "llama": LLAMA,
     "mistral": LLAMA,
     "qwen2": LLAMA,
+    "gemma3_text": GEMMA3,
 }
 
 
