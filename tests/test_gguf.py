@@ -177,6 +177,15 @@ def test_a_conversion_without_its_manifest_is_converted_again(source, home, coun
     load_model(str(out))
 
 
+def test_concurrent_resolves_convert_once(source, home, count_conversions):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, _ = source
+    with ThreadPoolExecutor(3) as pool:  # each waits on the conversion lock; the later ones find it done
+        dirs = list(pool.map(lambda _: names.resolve_model_path(str(path)), range(3)))
+    assert len(set(dirs)) == 1 and len(count_conversions) == 1
+
+
 def test_a_failed_conversion_leaves_no_directory(tmp_path, home):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF but not really")
