@@ -28,3 +28,18 @@ def output_cache(out: Any) -> Any:
     """The key/value cache a forward returned."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+def is_cache(obj: Any) -> bool:
+    """Whether ``obj`` is a transformers key/value cache object."""
+    from transformers.cache_utils import Cache
+
+    return isinstance(obj, Cache)
+
+
+def cache_layer(cache: Any, layer: int) -> tuple[Any, Any]:
+    """The (keys, values) a cache holds for one layer, (batch, kv heads, positions, head dim) each."""
+    if hasattr(cache, "layers"):  # transformers 5.x
+        entry = cache.layers[layer]
+        return entry.keys, entry.values
+    return cache.key_cache[layer], cache.value_cache[layer]  # 4.x DynamicCache

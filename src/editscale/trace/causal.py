@@ -19,14 +19,17 @@ The procedure is the paper's, with the facts its text leaves out taken from kmen
 Batched (the reference runs one full forward pass of samples + 1 rows per restoration, i.e.
 ``T x L + 2`` passes per kind): restoring a state at layer l leaves the layers below l exactly as in the
 corrupted run, so the corrupted run is made once, recording the input of every block, and each restored row
-starts at its first changed block from that record. All rows of one fact (every kind, layer, token and noise
-draw) are swept through the blocks together: at block j the batch holds the rows that start at or below j
-(``max_rows`` bounds a batch). Blocks are called with the arguments the model itself gave them in the clean run
-(``hooks.capture_calls``); MLP/attention states are put back with ``hooks.edit_output``. The LM head is applied
-to the last position only. Two restorations need no computation: a state at a token before the subject is the
+starts at its first changed block from that record. A restoration at token t leaves the positions before t as
+in the corrupted run too, so its rows compute positions t.. only, the blocks given the corrupted run's keys and
+values of the positions before t in place of their key/value cache. All rows restoring at one token (every kind,
+layer and noise draw) are swept through the blocks together: at block j the batch holds the rows that start at
+or below j (``max_rows`` bounds a batch). Blocks are called with the
+arguments the model itself gave them in a clean run of positions t.. (``hooks.capture_calls``: masks, rotary
+position embeddings); MLP/attention states are put back with ``hooks.edit_output``. The LM head is applied to
+the last position only. Two restorations need no computation: a state at a token before the subject is the
 same in the clean and corrupted runs (IE = 0), and block L-1's output matters to the head only at the last token
-(IE = TE there, 0 elsewhere). ``trace_fact_plain`` is the reference's one-pass-per-restoration computation, kept
-as the check of the batched one.
+(IE = TE there, 0 elsewhere). ``trace_fact(..., plain=True)`` is the reference's one-pass-per-restoration
+computation, kept as the check of the batched one.
 
 Known facts are those whose object the unedited model predicts greedily (every token of it the argmax,
 teacher-forced: its greedy continuation begins with the object). The averages follow the paper's figure:
@@ -54,6 +57,7 @@ from editscale.data.records import EditCase, EditRequest, Fact
 from editscale.errors import ConfigError, UnsupportedModelError
 from editscale.eval.scoring import score_continuations
 from editscale.model.anatomy import Anatomy, get_anatomy
+from editscale.model.compat import cache_kwargs, cache_layer, is_cache, output_cache
 from editscale.model.hooks import capture, capture_calls, edit_output
 from editscale.model.tokens import continuation_ids, encode, ensure_pad_token, token_index_at
 
@@ -127,7 +131,7 @@ class FactTrace:
     window: int
     samples: int
     forward_calls: int = 0  # model passes and block sweeps
-    row_layers: int = 0  # (row, block) evaluations, every run of this fact included
+    row_layers: float = 0.0  # (row, block) evaluations in full-length rows, every run of this fact included
     seconds: float = 0.0
 
     @property
@@ -184,6 +188,7 @@ class _Runs:
     clean_mod: dict[str, list[torch.Tensor]]  # kind -> module outputs per layer, (1, T, d)
     corrupt_in: list[torch.Tensor]  # block inputs (L + 1: the last is block L-1's output), (S, T, d)
     calls: list[tuple[tuple, dict]]  # each block's (args, kwargs) in the clean run
+    corrupt_kv: list[tuple[torch.Tensor, torch.Tensor]]  # each block's keys and values in the corrupted run
     p_clean: float
     p_corrupted_rows: torch.Tensor  # (S,)
 
@@ -231,15 +236,47 @@ def _prepare(model, tokenizer, anatomy: Anatomy, fact: Fact, kinds: Sequence[str
             "(as the anatomy says), so causal tracing cannot compute them from block outputs")
     with edit_output(model, anatomy.embed_name(model), _add_noise(rng, noise)), \
             capture(model, blocks, inputs=True) as ins, capture(model, blocks[-1:], inputs=False) as last:
-        model(input_ids=ids.expand(samples, -1), use_cache=False)
+        cache = output_cache(model(input_ids=ids.expand(samples, -1), **cache_kwargs(model, None)))
     return _Runs(
         ids=ids, subject_range=rng, answer_id=answer_id, noise=noise, clean_out=clean_out,
         clean_mod={k: [outs[m] for m in ms] for k, ms in mods.items()},
         corrupt_in=[ins[b] for b in blocks] + [last[blocks[-1]]],
-        calls=[calls[b] for b in blocks],
+        calls=[calls[b] for b in blocks], corrupt_kv=[cache_layer(cache, j) for j in range(n)],
         p_clean=head.prob(clean_out[-1][:, -1]).item(),
         p_corrupted_rows=head.prob(last[blocks[-1]][:, -1]),
     )
+
+
+def _suffix_calls(model, anatomy: Anatomy, ids: torch.Tensor, t: int) -> list[tuple[tuple, dict]]:
+    """The blocks' (args, kwargs) when the clean run computes only positions >= t, the rest in its cache."""
+    if t == 0:
+        raise ValueError("position 0 has no prefix")
+    blocks = _module_names(anatomy, "hidden", anatomy.n_layers(model))
+    prefix = output_cache(model(input_ids=ids[:, :t], **cache_kwargs(model, None)))
+    with capture_calls(model, blocks) as calls:
+        model(input_ids=ids[:, t:], **cache_kwargs(model, prefix))
+    return [calls[b] for b in blocks]
+
+
+class _PrefixKV:
+    """Stands in for the key/value cache in a block's call: the corrupted run's keys and values of the positions
+    before the restored token, per row, ahead of the block's own (what ``Cache.update`` returns)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return torch.cat([self.keys.to(keys.dtype), keys], -2), torch.cat([self.values.to(values.dtype), values], -2)
+
+
+def _with_cache(call: tuple[tuple, dict], cache) -> tuple[tuple, dict]:
+    """A block's captured call with its cache argument (wherever the family passes it) replaced."""
+    args, kwargs = call
+    if not any(is_cache(a) for a in (*args, *kwargs.values())):
+        raise UnsupportedModelError("a decoder block was called without a key/value cache argument, so causal "
+                                    "tracing cannot hand it the positions before the restored token")
+    return (tuple(cache if is_cache(a) else a for a in args),
+            {k: (cache if is_cache(v) else v) for k, v in kwargs.items()})
 
 
 def _block_main(out) -> torch.Tensor:
@@ -298,7 +335,7 @@ def trace_fact(
 
 
 def _batched(model, anatomy: Anatomy, runs: _Runs, kinds, samples: int, window: int, max_rows: int):
-    """P_restored(o) per kind, (T, L); forward calls and (row, block) evaluations of the restorations."""
+    """P_restored(o) per kind, (T, L); forward calls, and (row, block) evaluations in full-length rows."""
     n = len(runs.calls)
     T = runs.ids.shape[1]
     b, _ = runs.subject_range
@@ -307,57 +344,67 @@ def _batched(model, anatomy: Anatomy, runs: _Runs, kinds, samples: int, window: 
     probs = {k: np.full((T, n), p_corr) for k in kinds}  # tokens before the subject: as corrupted
     if "hidden" in kinds:  # block L-1's output reaches the head only at the last token
         probs["hidden"][T - 1, n - 1] = runs.p_clean
-    # rows: (first changed block, end of window, kind index, layer, token), each `samples` batch rows
-    specs = []
-    for ki, kind in enumerate(kinds):
-        for layer in range(n - 1 if kind == "hidden" else n):
-            lo, hi = (layer + 1, layer + 1) if kind == "hidden" else window_range(layer, window, n)
-            specs.extend((lo, hi, ki, layer, t) for t in range(b, T))
-    specs.sort()
-    per_chunk = max(1, max_rows // samples)
-    calls = row_layers = 0
-    for c0 in range(0, len(specs), per_chunk):
-        chunk = specs[c0:c0 + per_chunk]
-        p = _sweep(model, anatomy, runs, kinds, chunk, samples, head)
-        calls += 1
-        row_layers += samples * sum(n - s[0] for s in chunk)
-        for (_, _, ki, layer, t), pk in zip(chunk, p.view(len(chunk), samples).mean(1).tolist()):
-            probs[kinds[ki]][t, layer] = pk
+    calls, row_layers = 0, 0.0
+    for t in range(b, T):
+        # rows restoring at token t: (first changed block, end of window, kind index, layer), `samples` each
+        specs = []
+        for ki, kind in enumerate(kinds):
+            for layer in range(n - 1 if kind == "hidden" else n):
+                lo, hi = (layer + 1, layer + 1) if kind == "hidden" else window_range(layer, window, n)
+                specs.append((lo, hi, ki, layer))
+        specs.sort()
+        block_calls = runs.calls
+        if t > 0:
+            block_calls = _suffix_calls(model, anatomy, runs.ids, t)
+            calls += 2
+            row_layers += n * (t + (T - t)) / T
+        per_chunk = max(1, max_rows // samples)
+        for c0 in range(0, len(specs), per_chunk):
+            chunk = specs[c0:c0 + per_chunk]
+            p = _sweep(model, anatomy, runs, kinds, chunk, samples, head, t, block_calls)
+            calls += 1
+            row_layers += samples * sum(n - s[0] for s in chunk) * (T - t) / T
+            for (_, _, ki, layer), pk in zip(chunk, p.view(len(chunk), samples).mean(1).tolist()):
+                probs[kinds[ki]][t, layer] = pk
     return probs, calls, row_layers
 
-def _sweep(model, anatomy: Anatomy, runs: _Runs, kinds, chunk, samples: int, head: _Head) -> torch.Tensor:
-    """Run the restored rows of ``chunk`` (sorted by first changed block) through the blocks; P(o) per row."""
+
+def _sweep(model, anatomy: Anatomy, runs: _Runs, kinds, chunk, samples: int, head: _Head, t: int,
+           block_calls: list[tuple[tuple, dict]]) -> torch.Tensor:
+    """Run the rows of ``chunk`` (restorations at token t, sorted by first changed block) through the blocks,
+    positions t.. only (those before t are the corrupted run's, whose keys and values the blocks are given);
+    P(o) per row."""
     n = len(runs.calls)
     device = runs.ids.device
     starts = torch.tensor([s[0] for s in chunk]).repeat_interleave(samples)
     his = torch.tensor([s[1] for s in chunk]).repeat_interleave(samples)
     kind_of = torch.tensor([s[2] for s in chunk]).repeat_interleave(samples)
-    tok = torch.tensor([s[4] for s in chunk], device=device).repeat_interleave(samples)
     draw = torch.arange(samples, device=device).repeat(len(chunk))
-    first = int(starts[0])
-    h = torch.empty((len(starts),) + tuple(runs.corrupt_in[0].shape[1:]), dtype=runs.corrupt_in[0].dtype,
-                    device=device)
+    ref = runs.corrupt_in[0]
+    h = torch.empty((len(starts), ref.shape[1] - t, ref.shape[2]), dtype=ref.dtype, device=device)
     active = 0
-    for j in range(first, n):
+    for j in range(int(starts[0]), n):
         upto = int((starts <= j).sum())
         if upto > active:  # rows whose first changed block is j join the batch
-            new = torch.arange(active, upto)
-            h[new] = runs.corrupt_in[j][draw[new]]
-            if j > 0:  # hidden rows: block j-1's clean output at their token
-                hid = new[kind_of[new] == kinds.index("hidden")] if "hidden" in kinds else new[:0]
-                if len(hid):
-                    h[hid, tok[hid]] = runs.clean_out[j - 1][0, tok[hid]]
+            new = torch.arange(active, upto, device=device)
+            h[new] = runs.corrupt_in[j][draw[new], t:]
+            if j > 0 and "hidden" in kinds:  # hidden rows: block j-1's clean output at token t
+                hid = new[(kind_of[new.cpu()] == kinds.index("hidden")).to(device)]
+                h[hid, 0] = runs.clean_out[j - 1][0, t]
             active = upto
         hooks = []
         for kind in ("mlp", "attn"):
-            if kind not in kinds:
-                continue
-            sel = (kind_of[:active] == kinds.index(kind)) & (his[:active] > j)
-            rows = sel.nonzero()[:, 0].to(device)
-            if len(rows):
-                name = anatomy.mlp_name(j) if kind == "mlp" else anatomy.attn_name(j)
-                hooks.append(edit_output(model, name, _restore(rows, tok[rows], runs.clean_mod[kind][j])))
-        args, kwargs = runs.calls[j]
+            if kind in kinds:
+                rows = ((kind_of[:active] == kinds.index(kind)) & (his[:active] > j)).nonzero()[:, 0].to(device)
+                if len(rows):
+                    name = anatomy.mlp_name(j) if kind == "mlp" else anatomy.attn_name(j)
+                    at_t = torch.zeros_like(rows)
+                    hooks.append(edit_output(model, name, _restore(rows, at_t, runs.clean_mod[kind][j][:, t:])))
+        args, kwargs = block_calls[j]
+        if t > 0:
+            keys, values = runs.corrupt_kv[j]
+            rows_draw = draw[:active]
+            args, kwargs = _with_cache((args, kwargs), _PrefixKV(keys[rows_draw, :, :t], values[rows_draw, :, :t]))
         with ExitStack() as stack:
             for hook in hooks:
                 stack.enter_context(hook)
