@@ -25,12 +25,20 @@ def test_eval_json(model_dir, tmp_path):
     recs = tmp_path / "r.jsonl"
     recs.write_text(json.dumps({"prompt": "{} plays the sport of", "subject": "LeBron James",
                                 "target_new": "football", "target_true": "basketball",
+                                "paraphrase_prompts": ["LeBron James is a player of"],
                                 "neighborhood_prompts": ["The quick brown fox plays the sport of"]}) + "\n")
     r = run("eval", "--model", str(model_dir), "--data", str(recs), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["n"] == 1 and out["efficacy"] in (0.0, 1.0) and 0 <= out["score"] <= 1
-    assert set(out) >= {"efficacy", "paraphrase", "neighborhood", "score"}
+    assert set(out) >= {"efficacy", "paraphrase", "neighborhood", "score", "efficacy_correct", "gen_efficacy",
+                        "gen_paraphrase", "gen_entropy", "reference_score"}
+    assert out["gen_entropy"] > 0 and out["reference_score"] is None  # no reference text in this record
+    no_paraphrase = json.loads(recs.read_text())
+    del no_paraphrase["paraphrase_prompts"]
+    recs.write_text(json.dumps(no_paraphrase) + "\n")
+    out = json.loads(run("eval", "--model", str(model_dir), "--data", str(recs), "--json").stdout)
+    assert out["paraphrase"] is None and out["score"] is None  # the Score needs all three
 
 
 @pytest.mark.parametrize(
