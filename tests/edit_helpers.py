@@ -22,11 +22,18 @@ def corpus(n: int = 80, seed: int = 0) -> list[str]:
 SMALL = {"context_lengths": [(3, 2), (4, 2)], "mom2_n_tokens": 600, "mom2_sampling": "in_order", "v_steps": 6,
          "mom2_max_length": 32}
 SMALL_FT = {"steps": 3}
-METHODS = ("rome", "r-rome", "memit", "ft-l", "ft-w")
+METHODS = ("rome", "r-rome", "memit", "ft-l", "ft-w", "emmet", "alphaedit", "encore")
 
 
 def small(method: str, **extra) -> dict:
     return {**(SMALL_FT if method.startswith("ft") else SMALL), **extra}
+
+
+def editor(model, tok, method: str, texts: list[str], **extra):
+    """An Editor with the small hyperparameters, statistics in memory from ``texts``."""
+    from editscale.api import Editor
+
+    return Editor(model, tok, method, small(method, **extra), stats_cache=None, corpus=texts, progress=False)
 
 
 def requests() -> list[EditRequest]:

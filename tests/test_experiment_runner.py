@@ -228,11 +228,13 @@ def test_cli_run_resume_single_edit_test_and_errors(fixture_files, tmp_path, cli
     assert code == 2 and "no results database" in err
 
 
-def test_rome_interrupted_and_resumed_matches(fixture_files, tmp_path, monkeypatch):
-    """With a real method: statistics and context prefixes come back the same in a new Editor."""
+@pytest.mark.parametrize("method", ["rome", "alphaedit"])
+def test_real_methods_interrupted_and_resumed_match(method, fixture_files, tmp_path, monkeypatch):
+    """With a real method: statistics and context prefixes come back the same in a new Editor (AlphaEdit: its
+    projectors from the unedited model, the earlier edits' keys from the checkpoint's method state)."""
     monkeypatch.setenv("EDITSCALE_HOME", str(tmp_path / "home"))
     model_dir, data = fixture_files
-    cfg = config(model_dir, data, "rome", hparams=small("rome"), edits=12, forget_every=4)
+    cfg = config(model_dir, data, method, hparams=small(method), edits=12, forget_every=4)
     run_experiment(cfg, tmp_path / "ref", progress=False)
     step = _Run.step
 

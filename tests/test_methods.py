@@ -8,12 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from edit_helpers import METHODS, cases, corpus, requests, saved_model, small
+from edit_helpers import METHODS, cases, corpus, editor, requests, saved_model, small
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny import FAMILIES, bpe_tokenizer, random_model
 
-from editscale.api import Editor
 from editscale.errors import ConfigError
 from editscale.methods.base import get_method_class, method_names
 from editscale.methods.context import EditContext
@@ -49,10 +48,6 @@ def tok():
 @pytest.fixture(scope="module")
 def texts():
     return corpus(80)
-
-
-def editor(model, tok, method, texts, **extra):
-    return Editor(model, tok, method, small(method, **extra), stats_cache=None, corpus=texts, progress=False)
 
 
 def test_builtin_methods_are_registered():
@@ -377,7 +372,7 @@ def test_presets_are_data_files_found_by_the_model_config():
     valid for its method's Hparams and given with its reason in a comment, no module names (the anatomy's)."""
     from importlib import resources
 
-    from editscale.methods.hparams import FtWHparams, preset_values, presets
+    from editscale.methods.hparams import preset_values, presets
     from editscale.model.anatomy import FAMILIES as ANATOMIES
 
     def fake(model_type, n_layer, width):
@@ -389,7 +384,7 @@ def test_presets_are_data_files_found_by_the_model_config():
     assert model_kind(fake("llama", 4, 64)) == "generic"
     assert model_kind(fake("gpt2", 3, 32), manifest={"rome_layer": 1}) == "testbed"
     assert preset_values("smollm2", "r-rome") == preset_values("smollm2", "rome")
-    classes = {"rome": RomeHparams, "memit": MemitHparams, "ft-l": FtHparams, "ft-w": FtWHparams}
+    classes = {m: get_method_class(m).Hparams for m in method_names()}
     names = {n for a in ANATOMIES.values() for n in (a.mlp_out, a.mlp_in, a.layers, a.final_norm)}
     for name, preset in presets().items():
         for method, values in preset.methods.items():

@@ -163,6 +163,10 @@ class EditMethod:
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest], state: EditState) -> Delta:
         raise NotImplementedError
 
+    def prepare(self, ctx: EditContext) -> None:
+        """Compute, on the unedited model, what the method derives from it once (AlphaEdit's projectors, a
+        norm anchor); ``Editor.prepare`` calls it before the first edit. Nothing by default."""
+
 
 _REGISTRY: dict[str, type[EditMethod]] = {}
 
@@ -193,5 +197,7 @@ def _load_builtin_methods() -> None:
 
 
 # modules that register the built-in methods when imported
-BUILTIN_METHOD_MODULES: list[str] = ["editscale.methods.rome", "editscale.methods.memit", "editscale.methods.ft"]
+BUILTIN_METHOD_MODULES: list[str] = ["editscale.methods.rome", "editscale.methods.memit", "editscale.methods.ft",
+                                     "editscale.methods.emmet", "editscale.methods.alphaedit",
+                                     "editscale.methods.encore"]
 

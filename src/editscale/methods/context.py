@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from editscale.methods.norm_anchor import anchor_key, measure_anchor
 from editscale.methods.targets import PrefixSpec, sample_prefixes
 from editscale.model.anatomy import Anatomy, get_anatomy
 from editscale.model.loading import fingerprint as model_fingerprint
@@ -27,7 +28,7 @@ from editscale.model.tokens import ensure_pad_token
 from editscale.stats.second_moment import Corpus, KeySample, StatsCache, resolve_corpus, second_moments
 
 if TYPE_CHECKING:
-    from editscale.methods.hparams import StatsHparams
+    from editscale.methods.hparams import StatsHparams, TargetHparams
 
 _DEFAULT = "default"
 
@@ -35,6 +36,14 @@ _DEFAULT = "default"
 def key_sample(hp: StatsHparams) -> KeySample:
     """The keys the hyperparameters' statistics are estimated from."""
     return KeySample(hp.mom2_n_texts, hp.mom2_n_tokens, hp.mom2_sampling, hp.mom2_seed)
+
+
+def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """P = U U^T (k, k), float64: U the eigenvectors of the symmetric PSD ``cov`` with eigenvalue below
+    ``threshold`` (AlphaEdit's projector onto the null space of the keys ``cov`` was estimated on)."""
+    values, vectors = torch.linalg.eigh(cov.double())
+    u = vectors[:, values < threshold]
+    return u @ u.T
 
 
 class EditContext:
@@ -78,6 +87,8 @@ class EditContext:
         self._prefixes: dict[PrefixSpec, list[list[str]]] = {}
         self._corpora: dict[str, Corpus] = {}
         self._factors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # LU of each C
+        self._projectors: dict[tuple, torch.Tensor] = {}  # AlphaEdit's null-space projector of each C
+        self._anchors: dict[tuple, float] = {}  # norm anchors (methods/norm_anchor.py)
 
     @property
     def device(self) -> torch.device:
@@ -133,3 +144,24 @@ class EditContext:
             self._factors[key] = torch.linalg.lu_factor(self.second_moment(layer, hp).double())
         lu, pivots = self._factors[key]
         return lambda x: torch.linalg.lu_solve(lu, pivots, x.double()[:, None])[:, 0]
+
+    def null_space_projector(self, layer: int, hp: StatsHparams, threshold: float) -> torch.Tensor:
+        """AlphaEdit's P = U U^T (k, k), float64: U the eigenvectors of the layer's second moment C whose
+        eigenvalues are below ``threshold``, so P k ~ 0 for the keys C was estimated on. One
+        eigendecomposition per layer, kept for the context's life (as the reference's P, computed once)."""
+        key = (layer, *self._moment_spec(hp), threshold)
+        if key not in self._projectors:
+            self._projectors[key] = null_space_projector(self.second_moment(layer, hp), threshold)
+        return self._projectors[key]
+
+    # --- norm anchoring ---------------------------------------------------------------------------------
+    def norm_anchor(self, module: str, hp: TargetHparams) -> float:
+        """The norm every value vector at ``module`` is rescaled to (``norm_anchor_value``, else measured on
+        calibration edits by ``norm_anchor.measure_anchor``), measured once per context: create the context
+        (and call ``Editor.prepare``) before editing, so it is the unedited model's."""
+        if hp.norm_anchor_value is not None:
+            return float(hp.norm_anchor_value)
+        key = anchor_key(module, hp)
+        if key not in self._anchors:
+            self._anchors[key] = measure_anchor(self, module, hp)
+        return self._anchors[key]

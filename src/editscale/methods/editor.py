@@ -64,7 +64,8 @@ class Editor:
     - ``compute(requests) -> Delta``: the update, NOT applied; the model is unchanged.
     - ``edit(requests) -> Delta``: the update, applied (``delta.applied`` is True; ``delta.revert(model)``
       restores the weights bit-exactly).
-    - ``prepare()``: compute statistics and prefixes now (otherwise on the first call).
+    - ``prepare()``: compute statistics, prefixes and what the method derives from the unedited model
+      (AlphaEdit's projectors, a norm anchor) now (otherwise on the first call).
 
     ``hparams`` is an Hparams object, a mapping of overrides or a YAML file; unset values come from the
     model's preset (see ``editscale.methods.hparams``). Requests are ``EditRequest``s, ``EditCase``s (whose
@@ -111,6 +112,7 @@ class Editor:
             self.context.second_moments(list(layers), hp)
         if hasattr(hp, "context_lengths"):
             self.context.prefixes(PrefixSpec.from_hparams(hp))
+        self.method.prepare(self.context)
         return self
 
     def compute(self, requests: RequestLike | Iterable[RequestLike]) -> Delta:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -133,6 +133,15 @@ class TargetHparams(HparamsBase):
     # early stopping; v_early_stop is then unused)
     v_stop_on: Literal["loss", "nll", "argmax"] = "loss"
     target_batch: PositiveInt = 64  # requests optimised together (memory bound only; results are the same)
+    # norm anchoring (NAS, SasyaTitech/NAS; see methods/norm_anchor.py): each solved value vector v* (the MLP
+    # output at the last subject token plus its delta) is rescaled to a fixed norm of the unedited model: the
+    # mean ||v*|| of norm_anchor_samples calibration edits (the top 5% left out), or norm_anchor_value
+    norm_anchor: bool = False
+    norm_anchor_value: PositiveFloat | None = None  # the anchor itself; None: measured on calibration edits
+    norm_anchor_data: str | None = None  # records of the calibration edits; None: the model's world.jsonl
+    norm_anchor_samples: PositiveInt = 1000  # the reference's nas_restart
+    # a v* longer than this many anchors is dropped (v* = the unedited MLP output, no edit), as the reference
+    norm_anchor_skip: PositiveFloat | None = 2.0
 
     @field_validator("kl_prompt")
     @classmethod
@@ -154,13 +163,14 @@ class RomeHparams(TargetHparams, StatsHparams):
 
     layer: int | None = Field(None, ge=0)
     mom2_adjustment: bool = True  # u = C^-1 k*; False: u = k*
+    norm_anchor_skip: PositiveFloat | None = 5.0  # the NAS reference's ROME threshold (2 for the z methods)
 
 
-class MemitHparams(TargetHparams, StatsHparams):
-    """MEMIT (Meng et al. 2023): z at the last edited layer, residuals spread over the layers."""
+class SpreadHparams(TargetHparams, StatsHparams):
+    """The MEMIT family (MEMIT, EMMET, AlphaEdit, ENCORE): z at the last edited layer, residuals spread over
+    the layers, each layer's update from its own closed-form solve."""
 
     layers: list[int] | None = None
-    mom2_update_weight: PositiveFloat = 15_000  # lambda
     v_steps: PositiveInt = 25
     clamp_norm_factor: PositiveFloat = 0.75
     context_lengths: list[tuple[PositiveInt, PositiveInt]] = [(10, 5)]
@@ -179,6 +189,42 @@ class MemitHparams(TargetHparams, StatsHparams):
         if len(set(v)) != len(v):
             raise ValueError("layers must be distinct")
         return sorted(v)
+
+
+class MemitHparams(SpreadHparams):
+    """MEMIT (Meng et al. 2023): z at the last edited layer, residuals spread over the layers."""
+
+    mom2_update_weight: PositiveFloat = 15_000  # lambda
+
+
+class EmmetHparams(MemitHparams):
+    """EMMET (Gupta et al. 2024, unified-model-editing): equality constraints on the edited keys.
+    C' = w C + l_u I; Delta = R^T (K C'^-1 K^T + ridge I)^-1 K C'^-1; the ridge only for batches of 2+.
+    The class defaults are the reference's GPT-J values (hparams/EMMET/EleutherAI_gpt-j-6B.json)."""
+
+    # w does not trade preserved keys against new ones as in MEMIT (the constraints hold for any w): it only
+    # sets the ridge's weight, so it is not scaled with the key width for models without a preset
+    width_scaled_lambda: ClassVar[bool] = False  # (its layers default to the ROME layer, as the reference's)
+    mom2_update_weight: PositiveFloat = 1.0  # w
+    update_norm_lambda: NonNegativeFloat = 0.0  # l_u
+    emmet_lambda: NonNegativeFloat = 0.1  # the ridge inside (K C'^-1 K^T)^-1 for batches
+
+
+class AlphaEditHparams(SpreadHparams):
+    """AlphaEdit (Fang et al. 2025, jianghoucheng/AlphaEdit): the update projected onto the null space of the
+    preserved keys; keys of earlier edits accumulate. Class defaults: the reference's GPT-J values."""
+
+    nullspace_threshold: PositiveFloat = 2e-2  # eigenvalues of C below this span the null space
+    l2: PositiveFloat = 10.0  # the reference's L2
+
+
+class EncoreHparams(MemitHparams):
+    """ENCORE (Gupta et al. 2025, knowledge-editing-regularization): MEMIT with a Frobenius penalty on the
+    update, earlier edits' keys preserved, and most-probable early stopping of the target optimisation."""
+
+    update_norm_lambda: NonNegativeFloat = 10.0  # l_u: the reference's GPT-2 XL and Llama-2 value
+    add_prev_edits: bool = True  # earlier edits' keys join the preserved set
+    v_stop_on: Literal["loss", "nll", "argmax"] = "argmax"  # MPES
 
 
 class FtHparams(HparamsBase):
@@ -270,10 +316,13 @@ def preset_values(kind: str, method: str) -> dict[str, Any]:
     return dict(preset.methods.get(PRESET_ALIASES.get(method, method), {})) if preset else {}
 
 
+SPREAD_METHODS = ("memit", "alphaedit", "encore")  # default to the MEMIT layers (EMMET: the ROME layer)
+
+
 def default_layers(method: str, n_layers: int, manifest: dict[str, Any] | None = None) -> list[int]:
     """Edited layers when none are given: the testbed manifest's, else GPT-J's choice scaled to the depth
     (ROME at 5/28 of the depth, MEMIT over 3/28 to 8/28)."""
-    memit_like = method.startswith("memit")
+    memit_like = method.startswith(SPREAD_METHODS)
     if manifest is not None:
         key = "memit_layers" if memit_like else "rome_layer"
         if key in manifest:
@@ -295,7 +344,8 @@ def scaled_defaults(cls: type[HparamsBase], kind: str, model: nn.Module, anatomy
     lambda weighs the preserved keys (lambda C) against the new ones (K^T K); a typical key has
     k^T C^-1 k = key width, so GPT-J's balance (15,000 at width 16,384) is kept by scaling lambda with the width.
     """
-    if kind != "generic" or "mom2_update_weight" not in cls.model_fields:
+    scaled = "mom2_update_weight" in cls.model_fields and getattr(cls, "width_scaled_lambda", True)
+    if kind != "generic" or not scaled:
         return {}
     return {"mom2_update_weight": round(15_000 * anatomy.key_dim(model) / GPTJ_KEY_DIM, 1)}
 

@@ -6,18 +6,22 @@
    K = prefix-averaged keys at l, R = (z - h^L) / (number of layers left, l included), and
    Delta_l = R^T K (lambda C_l + K^T K)^-1 in float64 (``memit_solve``), applied before the next layer.
 3. All temporary updates are reverted; the per-layer updates are returned as one Delta.
+
+Steps 1-3 are ``spread_over_layers``, shared by the whole family: EMMET, AlphaEdit and ENCORE (their own
+modules) are ``Memit`` subclasses that change only the closed-form solve of step 2 (``solver``) and what they
+remember of each call's keys for the next (``remember``, into the ``EditState``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
-from editscale.methods.hparams import MemitHparams
-from editscale.methods.targets import PrefixSpec, as_items, optimize_targets, subject_activations
+from editscale.methods.hparams import MemitHparams, SpreadHparams
+from editscale.methods.targets import EditItem, PrefixSpec, as_items, optimize_targets, subject_activations
 
 if TYPE_CHECKING:
     from editscale.data.records import EditCase, EditRequest
@@ -38,44 +42,95 @@ def memit_solve(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, weig
     return resid.double().T, adj.T
 
 
+# (layer, keys (n, k), residuals (n, d)) -> (left (d, r), right (r, k)): the layer's update left @ right
+LayerSolve = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def spread_over_layers(ctx: EditContext, items: Sequence[EditItem], hp: SpreadHparams, solve: LayerSolve,
+                       method: str) -> tuple[Delta, dict[int, torch.Tensor]]:
+    """MEMIT's loop (steps 1-3 above) with ``solve`` as each layer's closed form. Returns the Delta (the model
+    left as it was) and, per layer, the keys (n, k) the update was solved for."""
+    anatomy, model = ctx.anatomy, ctx.model
+    layers = list(hp.layers)
+    z_module = anatomy.layer_name(layers[-1])
+    prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
+    res = optimize_targets(ctx, items, z_module, hp, prefixes)
+    updates: dict[str, Update] = {}
+    written: dict[int, torch.Tensor] = {}
+    applied: list[Delta] = []
+    info: dict = {"method": method, "layers": layers, **res.info(), "z_error": [], "update_norm": []}
+    try:
+        for i, layer in enumerate(layers):
+            key_module = anatomy.mlp_out_name(layer)
+            reads = subject_activations(ctx, items, prefixes, [(key_module, True), (z_module, False)],
+                                        average=hp.key_average, stop_after=z_module)
+            keys = reads[(key_module, True)].mean
+            h = reads[(z_module, False)].bare.float()
+            resid = (res.target - h) / (len(layers) - i)
+            info["z_error"].append(float((res.target - h).norm(dim=1).mean()))
+            left, right = solve(layer, keys, resid)
+            name = anatomy.weight_name(layer)
+            d, k = left.shape[0], right.shape[1]
+            if left.shape[1] < min(d, k) // 2:
+                upd = Update(name, anatomy.transposed, left=left.float(), right=right.float())
+            else:
+                upd = Update(name, anatomy.transposed, dense=(left @ right).float())
+            updates[name] = upd
+            written[layer] = keys
+            info["update_norm"].append(upd.norm())
+            if i < len(layers) - 1:
+                applied.append(Delta({name: upd}).apply(model))
+    finally:
+        for delta in reversed(applied):
+            delta.revert(model)
+    return Delta(updates, info), written
+
+
+def key_moment_name(layer: int) -> str:
+    """The ``EditState`` entry holding sum k k^T (float64) over the keys earlier edits wrote into ``layer``."""
+    return f"edited_keys_moment.{layer}"
+
+
+def remember_keys(state: EditState, written: dict[int, torch.Tensor]) -> None:
+    """Add this call's keys to the earlier edits' second moments (new tensors: a snapshot stays valid)."""
+    for layer, keys in written.items():
+        k = keys.double()
+        name = key_moment_name(layer)
+        prev = state.get(name)
+        state[name] = k.T @ k if prev is None else prev.to(k.device) + k.T @ k
+
+
+def remembered_keys(state: EditState, layer: int, like: torch.Tensor) -> torch.Tensor:
+    """sum k k^T over earlier edits' keys at ``layer`` (zeros before the first), float64 on ``like``'s device."""
+    prev = state.get(key_moment_name(layer))
+    k = like.shape[-1]
+    if prev is None:
+        return torch.zeros(k, k, dtype=torch.float64, device=like.device)
+    return prev.to(device=like.device, dtype=torch.float64)
+
+
 @register
 class Memit(EditMethod):
     name = "memit"
     Hparams = MemitHparams
 
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest | EditCase], state: EditState) -> Delta:
+        delta, written = spread_over_layers(ctx, as_items(requests), self.hparams, self.solver(ctx, state),
+                                            self.name)
+        self.remember(state, written)
+        return delta
+
+    def solver(self, ctx: EditContext, state: EditState) -> LayerSolve:
+        """Each layer's closed form: MEMIT's ``memit_solve`` with the layer's C."""
         hp: MemitHparams = self.hparams
-        items = as_items(requests)
-        anatomy, model = ctx.anatomy, ctx.model
-        layers = list(hp.layers)
-        z_module = anatomy.layer_name(layers[-1])
-        covs = ctx.second_moments(layers, hp)
-        prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
-        res = optimize_targets(ctx, items, z_module, hp, prefixes)
-        updates: dict[str, Update] = {}
-        applied: list[Delta] = []
-        info: dict = {"method": self.name, "layers": layers, **res.info(), "z_error": [], "update_norm": []}
-        try:
-            for i, layer in enumerate(layers):
-                key_module = anatomy.mlp_out_name(layer)
-                reads = subject_activations(ctx, items, prefixes, [(key_module, True), (z_module, False)],
-                                            average=hp.key_average, stop_after=z_module)
-                keys = reads[(key_module, True)].mean
-                h = reads[(z_module, False)].bare.float()
-                resid = (res.target - h) / (len(layers) - i)
-                info["z_error"].append(float((res.target - h).norm(dim=1).mean()))
-                left, right = memit_solve(keys, resid, covs[layer], hp.mom2_update_weight)
-                name = anatomy.weight_name(layer)
-                d, k = left.shape[0], right.shape[1]
-                if left.shape[1] < min(d, k) // 2:
-                    upd = Update(name, anatomy.transposed, left=left.float(), right=right.float())
-                else:
-                    upd = Update(name, anatomy.transposed, dense=(left @ right).float())
-                updates[name] = upd
-                info["update_norm"].append(upd.norm())
-                if i < len(layers) - 1:
-                    applied.append(Delta({name: upd}).apply(model))
-        finally:
-            for delta in reversed(applied):
-                delta.revert(model)
-        return Delta(updates, info)
+        covs = ctx.second_moments(list(hp.layers), hp)
+        return lambda layer, keys, resid: memit_solve(keys, resid, covs[layer], hp.mom2_update_weight)
+
+    def remember(self, state: EditState, written: dict[int, torch.Tensor]) -> None:
+        """What the method keeps of this call's keys for later calls: nothing for MEMIT."""
+
+    def prepare(self, ctx: EditContext) -> None:
+        """What the method computes once from the unedited model: the norm anchor, when it is on."""
+        hp: SpreadHparams = self.hparams
+        if hp.norm_anchor:
+            ctx.norm_anchor(ctx.anatomy.layer_name(hp.layers[-1]), hp)

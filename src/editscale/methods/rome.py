@@ -88,6 +88,11 @@ class Rome(EditMethod):
         upd = Update(weight_name, anatomy.transposed, left=left, right=right)
         return Delta({weight_name: upd}, {"method": self.name, "layer": layer, **info})
 
+    def prepare(self, ctx: EditContext) -> None:
+        """The norm anchor of the edited layer's value vectors, when it is on."""
+        if self.hparams.norm_anchor:
+            ctx.norm_anchor(ctx.anatomy.mlp_out_name(self.hparams.layer), self.hparams)
+
     def rank_one(self, ctx: EditContext, request: EditRequest | EditCase | EditItem) -> RankOne:
         """The rank-one update of one request on the model as it is (for tests and analysis)."""
         hp: RomeHparams = self.hparams

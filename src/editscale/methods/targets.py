@@ -438,8 +438,13 @@ def optimize_targets(
     items = as_items(requests)
     parts = [_optimize_chunk(ctx, items[i: i + hp.target_batch], module, hp, prefixes)
              for i in range(0, len(items), hp.target_batch)]
-    return TargetResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                          ("target", "init", "delta", "loss", "nll", "steps")))
+    res = TargetResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                         ("target", "init", "delta", "loss", "nll", "steps")))
+    if hp.norm_anchor:  # NAS: each v* rescaled to the unedited model's anchor norm (methods/norm_anchor.py)
+        from editscale.methods.norm_anchor import anchor_targets
+
+        res = anchor_targets(ctx, items, module, hp, res)
+    return res
 
 
 def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp: TargetHparams,
