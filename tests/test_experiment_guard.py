@@ -51,10 +51,12 @@ def test_disabled_guard_never_flags_and_state_round_trips():
     assert (h.entropies, h.neighborhood, h.norms, h.jumps) == ([3.0, 2.5], 0.8, [2.0], [1.0])
 
 
-def test_weight_distance_normalizes_by_neurons():
+def test_weight_distance_is_the_same_for_a_transposed_matrix():
     w0 = torch.zeros(8, 32)
     w = w0.clone()
     w[0, 0] = 3.0
     w[1, 1] = 4.0
-    assert weight_distance(w, w0) == (5.0, 5.0 / 32, 32)
-    assert weight_distance(w.T, w0.T) == (5.0, 5.0 / 32, 32)  # GPT-2 stores it transposed: same answer
+    expected = {"frobenius": 5.0, "distance_per_element": 5.0 / 256, "distance_per_neuron": 5.0 / 32,
+                "n_neurons": 32, "n_elements": 256}
+    assert weight_distance(w, w0) == expected
+    assert weight_distance(w.T, w0.T) == expected  # GPT-2 stores it transposed: same answer
