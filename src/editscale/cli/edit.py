@@ -21,7 +21,7 @@ from editscale.cli import app
 from editscale.cli.common import print_json
 from editscale.errors import ConfigError
 
-MethodOpt = Annotated[str, typer.Option("--method", help="rome, r-rome, memit, ft-l or ft-w.")]
+MethodOpt = Annotated[str, typer.Option("--method", help="rome, r-rome, memit, emmet, alphaedit, encore, ft-l or ft-w.")]
 HparamsOpt = Annotated[Path | None, typer.Option("--hparams", help="YAML file of hyperparameter overrides.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="One hyperparameter override KEY=VALUE "
                                                                   "(VALUE in YAML, e.g. layers=[1,2]); repeatable.")]

@@ -28,8 +28,8 @@ def eval_command(
     skip_invalid: Annotated[bool, typer.Option(help="Leave out malformed records instead of stopping.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     method: Annotated[str | None, typer.Option(help="Also edit: each record (or batch) with this method "
-                                                     "(rome, r-rome, memit, ft-l, ft-w) on the unedited "
-                                                     "model, scored, then reverted.")] = None,
+                                                     "(rome, r-rome, memit, emmet, alphaedit, encore, ft-l, "
+                                                     "ft-w) on the unedited model, scored, then reverted.")] = None,
     batch: Annotated[int, typer.Option(help="With --method: records per edit (MEMIT: one batched edit).",
                                        min=1)] = 1,
     hparams: HparamsOpt = None,
