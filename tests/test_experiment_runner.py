@@ -129,7 +129,7 @@ def test_run_records_everything(fixture_files, tmp_path):
         assert dist.frobenius.is_monotonic_increasing or len(dist) == 6
         assert store.checkpoints() == [(6, 11, "checkpoints/update_000006")]
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["update_000006"]  # only the latest
-    with pytest.raises(RunStateError, match="already holds a run"):
+    with pytest.raises(RunStateError, match="another config"):
         run_experiment(config(model_dir, data), tmp_path / "run", progress=False)
 
 
@@ -161,11 +161,102 @@ def _run_in_subprocess(args: list[str]) -> subprocess.Popen:
 
 
 def subprocess_main(args: list[str]) -> None:
-    """Entry point of the subprocesses: ``run CONFIG_JSON RUN_DIR`` or ``resume RUN_DIR``."""
-    if args[0] == "run":
-        run_experiment(json.loads(Path(args[1]).read_text()), args[2], progress=False)
-    else:
+    """Entry point of the subprocesses: ``run CONFIG_JSON RUN_DIR``, ``resume RUN_DIR``, ``cli ARGS...`` (the
+    editscale command with the test method registered), or ``slow-setup``/``slow-baseline CONFIG_JSON
+    RUN_DIR`` (a run that stops for a while inside its setup directory, or right after the run directory
+    appears, so a test can kill it there)."""
+    from editscale.experiment import runner
+
+    if args[0] == "cli":
+        from editscale.cli import main
+
+        main(args[1:])
+        return
+    if args[0] == "slow-setup":
+        write_plan = RunStore.write_plan
+
+        def slow_plan(self, rows):
+            write_plan(self, rows)
+            time.sleep(30)
+
+        RunStore.write_plan = slow_plan
+    if args[0] == "slow-baseline":
+        baseline = runner._Run.baseline
+
+        def slow_baseline(self):
+            time.sleep(30)
+            baseline(self)
+
+        runner._Run.baseline = slow_baseline
+    if args[0] == "resume":
         resume(args[1], progress=False)
+    else:
+        run_experiment(json.loads(Path(args[1]).read_text()), args[2], progress=False)
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_two_runs_into_one_directory_one_runs_the_other_is_refused(fixture_files, tmp_path):
+    model_dir, data = fixture_files
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps(config(model_dir, data, edits=8, hparams={"delay": 1.0})))
+    second.write_text(json.dumps(config(model_dir, data, edits=20)))
+    run_dir = tmp_path / "run"
+    proc = _run_in_subprocess(["run", str(first), str(run_dir)])
+    lock = tmp_path / ".run.lock"
+    _wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(proc.pid), proc, "the lock is taken")
+    other = _run_in_subprocess(["cli", "run", str(second), "--out", str(run_dir)])
+    again = _run_in_subprocess(["cli", "run", "--resume", str(run_dir)])  # --resume too
+    _, err = other.communicate(timeout=120)
+    assert other.returncode == 2
+    assert err == f"error: {run_dir} is in use by another editscale process (pid {proc.pid}); wait for it to " \
+                  "finish, or choose another --out\n"
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 2 and f"in use by another editscale process (pid {proc.pid})" in err
+    assert proc.poll() is None, "the first run ended before the others were refused; make it slower"
+    assert proc.wait(timeout=300) == 0
+    with RunStore.in_dir(run_dir) as store:
+        assert store.meta()["config"]["edits"] == 8 and store.n_edits_done() == 8
+    assert not lock.exists()  # released and removed at the end
+
+
+@pytest.mark.parametrize("where", ["slow-setup", "slow-baseline"])
+def test_sigkill_during_setup_leaves_no_run_or_one_that_resumes(where, fixture_files, tmp_path):
+    """Killed inside the setup directory, nothing is left but that directory, which the next run removes;
+    killed after the run directory appeared (in the baseline), ``--resume`` and ``run --out`` continue it. Both
+    end with per-edit results identical to an uninterrupted run's."""
+    model_dir, data = fixture_files
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(config(model_dir, data, edits=12)))
+    ref = _run_in_subprocess(["run", str(cfg_file), str(tmp_path / "ref")])
+    killed = tmp_path / "killed"
+    proc = _run_in_subprocess([where, str(cfg_file), str(killed)])
+    if where == "slow-setup":
+        _wait_for(lambda: any(tmp_path.glob(".killed.setup-*/results.sqlite")), proc, "the setup")
+    else:
+        _wait_for(lambda: (killed / "results.sqlite").is_file(), proc, "the run directory")
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ref.wait(timeout=300) == 0, ref.communicate()[1]
+    if where == "slow-setup":
+        assert not killed.exists() and list(tmp_path.glob(".killed.setup-*"))
+        res = _run_in_subprocess(["cli", "run", str(cfg_file), "--out", str(killed)])  # starts afresh
+    else:
+        with RunStore.in_dir(killed) as store:
+            assert "baseline" not in store.meta() and store.plan()
+        res = _run_in_subprocess(["cli", "run", str(cfg_file), "--out", str(killed)])  # the same config resumes
+    _, err = res.communicate(timeout=300)
+    assert res.returncode == 0, err
+    assert ("continuing the run" in err) == (where == "slow-baseline")
+    assert dump(killed) == dump(tmp_path / "ref")
+    assert not list(tmp_path.glob(".killed.*"))  # no setup directory, no lock left
 
 
 def test_resume_after_sigkill_is_identical(fixture_files, tmp_path):

@@ -41,6 +41,18 @@ class RunStateError(EditscaleError):
     """An experiment run directory that is missing, incomplete or inconsistent."""
 
 
+class EditError(EditscaleError):
+    """An edit whose update cannot be kept (it leaves NaN or infinite weights); it was undone."""
+
+
+class StorageError(EditscaleError):
+    """A place to write that cannot be written (read-only, full, not permitted), found before the work."""
+
+
+class RunInUseError(RunStateError):
+    """A run directory another process is running in (it holds the run's lock)."""
+
+
 def config_error(source: str, err: Any) -> ConfigError:
     """A pydantic ``ValidationError`` as a one-line ``ConfigError`` naming its first bad field, e.g.
     ``run config field 'forget_every': Input should be greater than or equal to 1 (got 0)``."""

@@ -54,8 +54,13 @@ def parse_overrides(hparams: Path | None, sets: list[str] | None) -> dict[str, A
 def make_editor(model, tok, method: str, hparams: Path | None, sets: list[str] | None, corpus: str | None,
                 stats_dir: Path | None, seed: int):
     from editscale.api import Editor
+    from editscale.errors import DataLoadError
     from editscale.names import resolve_corpus_path
 
+    if corpus is not None and not corpus.startswith(("hub:", "testbed:")):  # a file: there, before the work
+        path = Path(corpus).expanduser()
+        if not path.exists() and (corpus.startswith((".", "/", "~")) or path.suffix in (".txt", ".text", ".raw")):
+            raise DataLoadError(f"statistics corpus file {corpus!r} does not exist")
     overrides = parse_overrides(hparams, sets)
     if "mom2_corpus" in overrides:
         overrides["mom2_corpus"] = resolve_corpus_path(overrides["mom2_corpus"])
@@ -123,26 +128,49 @@ def _print_tables(cases, before, after) -> None:
     print("(probability of the whole object continuation after the prompt)")
 
 
+def check_save_target(save: Path, need_bytes: int | None = None) -> None:
+    """``--save DIR`` before the work: not inside editscale's cache, not an existing (non-empty) directory or
+    a file, and on writable storage with room (``need_bytes``); one-line errors, nothing written."""
+    from editscale.cache import MIN_FREE_BYTES, check_writable, refuse_inside_cache
+
+    refuse_inside_cache(save, "--save")
+    if save.exists() and (not save.is_dir() or any(save.iterdir())):
+        raise ConfigError(f"--save {save} already exists; choose a new directory (editscale does not overwrite one)")
+    check_writable(save, "--save", need_bytes=MIN_FREE_BYTES + (need_bytes or 0))
+
+
 def save_edited(directory: Path, model, tok, deltas, meta: dict[str, Any]) -> None:
     """The edited model (save_pretrained + tokenizer), its deltas (safetensors, one file per edit call, in
-    order) and edit.json; a testbed model's corpus.txt and manifest are copied along."""
+    order) and edit.json; a testbed model's corpus.txt and manifest are copied along. Written into a temporary
+    directory beside ``directory`` (which must be absent or empty) and renamed at the end, so a failed save
+    leaves nothing."""
+    import os
+    import tempfile
+
     from safetensors.torch import save_file
 
     from editscale.model.loading import MANIFEST_FILE, model_dir
     from editscale.stats.second_moment import CORPUS_FILE
 
     source = model_dir(model)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tok.save_pretrained(directory)
-    (directory / "deltas").mkdir(exist_ok=True)
-    for i, d in enumerate(deltas):
-        save_file(d.to_tensors(), str(directory / "deltas" / f"{i:05d}.safetensors"))
-    (directory / "edit.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if source is not None and source.resolve() != directory.resolve():
-        for name in (CORPUS_FILE, MANIFEST_FILE):
-            if (source / name).is_file():
-                shutil.copy(source / name, directory / name)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "deltas").mkdir(exist_ok=True)
+        for i, d in enumerate(deltas):
+            save_file(d.to_tensors(), str(tmp / "deltas" / f"{i:05d}.safetensors"))
+        (tmp / "edit.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if source is not None and source.resolve() != directory.resolve():
+            for name in (CORPUS_FILE, MANIFEST_FILE):
+                if (source / name).is_file():
+                    shutil.copy(source / name, tmp / name)
+        tmp.chmod(0o755)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @app.command("edit")
@@ -187,7 +215,11 @@ def edit_command(
             raise ConfigError(f"missing {', '.join(missing)} (or give --data FILE)")
         req = EditRequest.from_text(prompt, subject, target, target_true=target_true, case_id="cli")
         cases = [EditCase(req, paraphrase_prompts=tuple(paraphrase or ()))]
+    if save is not None:
+        check_save_target(save)
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
+    if save is not None:  # room for the model, now that its size is known; before the edit
+        check_save_target(save, sum(p.numel() * p.element_size() for p in lm.parameters()))
     editor = make_editor(lm, tok, method, hparams, set_, corpus, stats_dir, seed)
     before = _probabilities(lm, tok, cases)
     deltas = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,18 +52,32 @@ def run_command(
 ) -> None:
     """Edit a model sequentially as CONFIG says, measuring every edit; or continue a run with --resume.
 
-    Prints the scores over the last 50 edits, the share of earlier edits forgotten and the flagged edits.
+    --out onto a run of the same config continues it (or says it is complete); of another config, refuses.
+    One process at a time per run directory. Prints the scores over the last 50 edits, the share of earlier
+    edits forgotten, the flagged edits and the CPU threads.
     """
-    from editscale.experiment.runner import resume, run_experiment
+    from editscale.experiment.config import load_config
+    from editscale.experiment.rundir import check_free, run_state
 
     if resume_dir is not None:
         if config is not None or out is not None:
             raise ConfigError("--resume RUN_DIR takes no CONFIG or --out: the run directory holds its config")
+        check_free(resume_dir)  # before torch is imported: a second process answers at once
+        from editscale.experiment.runner import resume
+
         run_dir, summary = resume_dir, resume(resume_dir)
     else:
         if config is None or out is None:
             raise ConfigError("give a CONFIG and --out RUN_DIR, or --resume RUN_DIR")
-        run_dir, summary = out, run_experiment(config, out)
+        cfg = load_config(config)
+        check_free(out)
+        state = run_state(out, cfg.to_dict())
+        if state != "new":
+            print(f"{out}: " + ("this run is complete" if state == "complete" else
+                                "continuing the run of this config there"), file=sys.stderr)
+        from editscale.experiment.runner import run_experiment
+
+        run_dir, summary = out, run_experiment(cfg, out)
     if json_out:
         print_json(summary)
     else:
@@ -77,7 +92,16 @@ def report_command(
                                                                  "(default: RUN_DIR/report).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Plots in the paper's style (runs overlaid) and one HTML page with a summary table."""
+    """Plots in the paper's style (runs overlaid) and one HTML page with a summary table. The runs are only
+    read (a run on read-only storage needs --out elsewhere)."""
+    from editscale.cache import check_writable, refuse_inside_cache
+    from editscale.experiment.store import RunStore
+
+    for run_dir in run_dirs:  # every run readable before anything is drawn
+        RunStore.in_dir(run_dir, readonly=True).close()
+    target = out if out is not None else run_dirs[0] / "report"
+    refuse_inside_cache(target, "report folder")
+    check_writable(target, "report folder" if out is not None else "report folder (give --out to write elsewhere)")
     from editscale.report.html import write_report
 
     page = write_report(run_dirs, out)

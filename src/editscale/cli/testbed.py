@@ -23,15 +23,15 @@ def build_command(
 ) -> None:
     """Build testbed NAME (cached under $EDITSCALE_HOME, default ~/.cache/editscale) and print what it reached."""
     from editscale.model.loading import read_testbed_manifest
-    from editscale.testbed.registry import ensure_built, is_built, model_path
+    from editscale.testbed.registry import ensure_built_status
 
-    cached = is_built(model_path(name)) and not force
-    path = ensure_built(name, force=force, threads=threads)
+    path, state = ensure_built_status(name, force=force, threads=threads)
     m = read_testbed_manifest(path) or {}
     summary = {
         "name": m["name"],
         "dir": str(path),
-        "cached": cached,
+        "cached": state != "built",
+        "state": state,  # cached, built, or waited (another process built it while this one waited)
         "recall_train": m["recall_train"],
         "recall_heldout": m["recall_heldout"],
         "skills": m["skills"],
@@ -46,7 +46,8 @@ def build_command(
     if json_out:
         print_json(summary)
         return
-    how = "cached" if cached else f"trained in {m['train_seconds']:.0f} s"
+    how = {"cached": "cached", "waited": "built by another process while this one waited",
+           "built": f"trained in {m['train_seconds']:.0f} s"}[state]
     skills = ", ".join(f"{k} {v:.2f}" for k, v in m["skills"].items())
     typer.echo(f"testbed:{m['name']} ({how}; {summary['parameters']:,} parameters, {summary['subjects']} subjects x "
                f"{summary['relations']} relations) in {path}")

@@ -118,8 +118,11 @@ def read_native(rec: dict[str, Any]) -> EditCase:
     if "request" in rec:
         try:
             return EditCase.from_dict(rec)
-        except TypeError as e:
+        except (TypeError, KeyError, AttributeError) as e:
             raise RecordError(f"field 'request': {e}") from None
+    missing = [k for k in ("prompt", "subject", "target_new") if k not in rec]
+    if missing:
+        raise RecordError(f"missing field '{missing[0]}'")
     known = {"prompt", "subject", "target_new", "target_true", "case_id", "relation_id"}
     req = EditRequest(**{k: (str(v) if k == "case_id" else v) for k, v in rec.items() if k in known})
     return EditCase(
@@ -149,7 +152,10 @@ def detect_reader(rec: dict[str, Any]) -> tuple[str, Reader]:
 
 def _raw_records(path: Path) -> list[tuple[str, Any]]:
     """(label, raw record) pairs; the label locates the record in the file for error messages."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     if path.suffix == ".jsonl" or (text.lstrip()[:1] == "{" and "\n{" in text.strip()):
         out = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -179,7 +185,7 @@ def read_records(path: str | Path, limit: int | None = None, skip_invalid: bool 
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataLoadError(f"records file {path} does not exist")
+        raise DataLoadError(f"records file {path} " + ("is a directory" if path.is_dir() else "does not exist"))
     raw = _raw_records(path)
     if limit is not None:
         raw = raw[:limit]

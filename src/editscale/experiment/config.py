@@ -29,7 +29,8 @@ from editscale.errors import ConfigError, config_error
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no silent coercion (``edits: true`` is not 1 edit, ``edits: "10"`` not 10)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class MethodSpec(_Strict):
@@ -161,9 +162,11 @@ def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML run config."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"run config {p} does not exist")
+        raise ConfigError(f"run config {p} " + ("is a directory, not a file" if p.is_dir() else "does not exist"))
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"run config {p} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

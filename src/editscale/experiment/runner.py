@@ -48,7 +48,7 @@ from torch import nn
 
 from editscale.data.records import EditCase
 from editscale.errors import RunStateError
-from editscale.eval.counterfact import ReferenceScorer, evaluate_cases
+from editscale.eval.counterfact import CaseScores, ReferenceScorer, evaluate_cases
 from editscale.eval.forgetting import Forgetting
 from editscale.eval.metrics import metrics_at, nanmean
 from editscale.eval.scoring import harmonic_mean
@@ -63,12 +63,14 @@ from editscale.experiment.checkpoint import (
 )
 from editscale.experiment.config import RunConfig, load_config, parse_config, sample_cases
 from editscale.experiment.guard import (
+    Flag,
     Guard,
     UpdateSignals,
     entropy_prompts,
     generation_entropy,
     weight_distance,
 )
+from editscale.experiment.rundir import RunLock, check_free, clean_setups, config_hash, run_state, setup_dir
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.methods.base import Delta, EditState
 from editscale.model.loading import torch_threads
@@ -124,6 +126,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def nonfinite_params(model: nn.Module, delta: Delta) -> list[str]:
+    """The parameters an applied update left with NaN or infinite values."""
+    params = dict(model.named_parameters())
+    return [n for n in delta.updates if not bool(torch.isfinite(params[n]).all())]
 
 
 def _layer_of(param: str, layers_path: str) -> int | None:
@@ -197,13 +205,18 @@ class _Run:
 
     # --- start and resume -------------------------------------------------------------------------------
     def create_store(self) -> None:
-        store = RunStore(self.run_dir / DB_NAME, create=True, edit_metrics=self.edit_metrics)
-        store.set_meta(config=self.cfg.to_dict(), hparams=self.editor.hparams.to_dict(),
-                       versions=package_versions(), fingerprint=self.fingerprint, threads=torch.get_num_threads(),
-                       created=datetime.now(UTC).isoformat(timespec="seconds"), status="running")
-        store.write_plan((i + 1, (i // self.cfg.batch) + 1, c.case_id, c.request.subject, c.to_dict())
-                         for i, c in enumerate(self.cases))
-        self._store = store
+        """The run directory with its database (config, its hash, plan), set up beside it and renamed into
+        place (``rundir.setup_dir``): a kill before the rename leaves no run directory, after it one that
+        resumes (from the baseline)."""
+        with setup_dir(self.run_dir) as tmp, RunStore(tmp / DB_NAME, create=True,
+                                                      edit_metrics=self.edit_metrics) as store:
+            store.set_meta(config=self.cfg.to_dict(), config_sha256=config_hash(self.cfg.to_dict()),
+                           hparams=self.editor.hparams.to_dict(), versions=package_versions(),
+                           fingerprint=self.fingerprint, threads=torch.get_num_threads(),
+                           created=datetime.now(UTC).isoformat(timespec="seconds"), status="running")
+            store.write_plan((i + 1, (i // self.cfg.batch) + 1, c.case_id, c.request.subject, c.to_dict())
+                             for i, c in enumerate(self.cases))
+        self._store = RunStore.in_dir(self.run_dir)
 
     def baseline(self) -> None:
         """Measurements of the unedited model (update 0): downstream, and the guard's baselines."""
@@ -244,19 +257,27 @@ class _Run:
         t0 = time.perf_counter()
         idx = self.schedule.edits_in(u)
         batch = [self.cases[i - 1] for i in idx]
-        state_before = self._snapshot_state() if self.cfg.guard.revert else None
+        state_before = self._snapshot_state()
         delta = self.editor.compute(batch)
         compute_seconds = time.perf_counter() - t0
         self._keep_originals(delta)
         delta.apply(self.model)
+        broken = nonfinite_params(self.model, delta)
         norms = delta.norms()
         distances, jump = self._distances(norms)
-        scores = evaluate_cases(self.model, self.tok, batch, metrics=self.edit_metrics, reference=self.reference,
-                                batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed).cases
-        signals = UpdateSignals(update_norm=math.sqrt(sum(n * n for n in norms.values())), distance_jump=jump,
-                                entropy=self._entropy(), neighborhood=self._probe_neighborhood())
-        flags = self.guard.check(signals)
-        refused = bool(flags) and self.cfg.guard.revert
+        norm = math.sqrt(sum(n * n for n in norms.values()))
+        if broken:  # NaN or infinite weights: a disabling update, rolled back whatever guard.revert says
+            scores = [CaseScores(c.case_id, {m: float("nan") for m in self.edit_metrics}) for c in batch]
+            signals = UpdateSignals(update_norm=norm, distance_jump=jump)
+            flags = [Flag("nonfinite", float(len(broken)), 0.0)]
+        else:
+            scores = evaluate_cases(self.model, self.tok, batch, metrics=self.edit_metrics,
+                                    reference=self.reference, batch_size=self.cfg.eval_batch_size,
+                                    seed=self.cfg.seed).cases
+            signals = UpdateSignals(update_norm=norm, distance_jump=jump, entropy=self._entropy(),
+                                    neighborhood=self._probe_neighborhood())
+            flags = self.guard.check(signals)
+        refused = bool(flags) and (self.cfg.guard.revert or bool(broken))
         if refused:
             delta.revert(self.model)
             self.editor.state = EditState.from_state_dict(state_before)
@@ -351,31 +372,57 @@ class _Run:
 
 def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *,
                    progress: bool | None = None) -> dict[str, Any]:
-    """Run a sequential-editing experiment into ``out_dir`` (database, checkpoints); returns its summary."""
+    """Run a sequential-editing experiment into ``out_dir`` (database, checkpoints); returns its summary.
+
+    One process at a time (``rundir.RunLock``, held to the end). ``out_dir`` holding a run of the same
+    config continues it (or, complete, returns its summary); of another config, a one-line ``RunStateError``.
+    The output place is checked writable before the model is loaded; the run directory appears, whole, only
+    when its database holds the config and the plan."""
+    from editscale.cache import check_writable, refuse_inside_cache
+
     cfg = config if isinstance(config, RunConfig) else (
         parse_config(config) if isinstance(config, dict) else load_config(config))
     run_dir = Path(out_dir)
-    if (run_dir / DB_NAME).exists():
-        raise RunStateError(f"{run_dir} already holds a run; continue it with `editscale run --resume {run_dir}` "
-                            "or choose another --out")
-    from editscale.names import load_cases
+    refuse_inside_cache(run_dir, "run directory")
+    check_writable(run_dir, "run directory")
+    with RunLock(run_dir):
+        state = run_state(run_dir, cfg.to_dict())
+        if state == "complete":
+            return summarize(run_dir)
+        if state == "resume":
+            return _resume(run_dir, progress)
+        clean_setups(run_dir)
+        from editscale.names import load_cases
 
-    cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed, cfg.unique)
-    with torch_threads(cfg.threads):
-        run = _Run(cfg, run_dir, cases, progress)
-        run.create_store()
-        try:
-            run.baseline()
-            seed_everything(cfg.seed)
-            run.loop(1)
-        finally:
-            run.store.close()
-    return summarize(run_dir)
+        cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed, cfg.unique)
+        with torch_threads(cfg.threads):
+            run = _Run(cfg, run_dir, cases, progress)
+            run.create_store()
+            try:
+                run.baseline()
+                seed_everything(cfg.seed)
+                run.loop(1)
+            finally:
+                run.store.close()
+        return summarize(run_dir)
 
 
 def resume(out_dir: str | Path, *, progress: bool | None = None) -> dict[str, Any]:
-    """Continue a run from its last checkpoint (results after it are redone); returns its summary."""
+    """Continue a run from its last checkpoint (results after it are redone); returns its summary. One
+    process at a time, as ``run_experiment``."""
+    from editscale.cache import check_writable
+
     run_dir = Path(out_dir)
+    check_free(run_dir)  # another process is setting it up or running it
+    with RunStore.in_dir(run_dir, readonly=True) as store:  # not a run: one line, before any lock is taken
+        if store.meta().get("status") == "complete":
+            return summarize(run_dir)
+    check_writable(run_dir, "run directory")
+    with RunLock(run_dir):
+        return _resume(run_dir, progress)
+
+
+def _resume(run_dir: Path, progress: bool | None) -> dict[str, Any]:
     with RunStore.in_dir(run_dir) as store:
         meta = store.meta()
         cases = [EditCase.from_dict(d) for d in store.plan()]
@@ -418,9 +465,10 @@ def _continue(run: _Run, meta: dict[str, Any]) -> None:
 def summarize(run_dir: str | Path) -> dict[str, Any]:
     """The run's headline: edits made, each summarised per-edit metric's mean over the last 50 edits (None: not
     measured), the Score, the forgotten fractions at the last re-check (the paper's and ``forgotten_prob``),
-    flagged and refused edits."""
+    flagged and refused edits, and the CPU threads it ran on."""
     names = [m.name for m in metrics_at("edit") if m.summary]
     with RunStore.in_dir(run_dir, readonly=True) as store:
+        threads = store.meta().get("threads")
         n = store.n_edits_done()
         means = store.last_edit_means(names)
         last = store.last_recheck()
@@ -431,4 +479,4 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     out = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}  # unmeasured
     for key in ("forgotten", "forgotten_prob"):
         out[key] = None if last is None else (last[key] if last[key] is not None else 0.0)
-    return {**out, "flagged": flagged, "refused": refused}
+    return {**out, "flagged": flagged, "refused": refused, "threads": threads}

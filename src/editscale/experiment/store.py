@@ -122,6 +122,9 @@ class RunStore:
 
     def _open_readonly(self) -> sqlite3.Connection:
         uri = self.path.resolve().as_uri()
+        wal = self.path.with_name(self.path.name + "-wal")
+        if not wal.exists() or wal.stat().st_size == 0:  # closed cleanly, no writer: read it as it is, and
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)  # write no -shm beside
         try:
             con = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
             con.execute("SELECT COUNT(*) FROM meta").fetchone()

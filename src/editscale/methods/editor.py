@@ -10,10 +10,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from editscale.data.records import EditCase, EditRequest
-from editscale.errors import RecordError
+from editscale.errors import EditError, RecordError
 from editscale.methods.base import Delta, EditState, get_method_class
 from editscale.methods.context import EditContext
 from editscale.methods.hparams import HparamsBase, resolve_hparams
@@ -124,5 +125,19 @@ class Editor:
         return delta
 
     def edit(self, requests: RequestLike | Iterable[RequestLike]) -> Delta:
-        """Compute the update for ``requests`` and apply it to the model; returns the applied Delta."""
-        return self.compute(requests).apply(self.model)
+        """Compute the update for ``requests`` and apply it to the model; returns the applied Delta.
+
+        An update that leaves NaN or infinite weights is undone (weights and method state) and raised as a
+        one-line ``EditError``."""
+        before = {k: v.clone() for k, v in self.state.state_dict().items()}
+        delta = self.compute(requests).apply(self.model)
+        params = dict(self.model.named_parameters())
+        broken = [n for n in delta.updates if not bool(torch.isfinite(params[n]).all())]
+        if broken:
+            delta.revert(self.model)
+            self.state = EditState.from_state_dict(before)
+            ids = ", ".join(delta.info.get("case_ids", [])[:3]) or "?"
+            raise EditError(f"{self.method_name} produced NaN or infinite weights in {broken[0]} (edit of case "
+                            f"{ids}); the edit was undone: check the hyperparameters (e.g. a smaller v_lr) and "
+                            "the model")
+        return delta

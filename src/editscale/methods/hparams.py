@@ -72,7 +72,9 @@ def read_hparams_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"hyperparameter file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"hyperparameter file {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"hyperparameter file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from editscale.data.records import EditCase, EditRequest
 from editscale.errors import ConfigError, RecordError
+from editscale.model.compat import cache_kwargs, output_cache
 from editscale.model.hooks import add_at, capture, run_until, skip_modules
 from editscale.model.loading import model_device
 from editscale.model.tokens import Batch, continuation_ids, encode, last_subject_index, pad_batch
@@ -302,14 +303,16 @@ class SplitLayout(PromptLayout):
     prefix_positions: torch.Tensor | None  # (R, P) position ids
     positions: torch.Tensor  # (R, S) position ids of the suffix
 
-    def inputs(self, rsel: torch.Tensor, cache=None) -> dict[str, torch.Tensor]:
+    def inputs(self, rsel: torch.Tensor, cache=None, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Forward arguments of the suffix rows ``rsel``; with ``cache``, the prefix's keys and values passed
+        as ``model``'s forward names its cache argument (``model.compat.cache_kwargs``)."""
         width = int(self.batch.lengths[rsel].max())
         mask = self.batch.attention_mask[rsel, :width]
         out = {"input_ids": self.batch.input_ids[rsel, :width], "position_ids": self.positions[rsel, :width]}
         if cache is None:
             return {**out, "attention_mask": mask, "use_cache": False}
-        return {**out, "attention_mask": torch.cat([self.prefix.attention_mask[rsel], mask], 1),
-                "past_key_values": cache, "use_cache": True}
+        passed = cache_kwargs(model, cache) if model is not None else {"past_key_values": cache, "use_cache": True}
+        return {**out, "attention_mask": torch.cat([self.prefix.attention_mask[rsel], mask], 1), **passed}
 
     @torch.no_grad()
     def prefix_cache(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -317,8 +320,8 @@ class SplitLayout(PromptLayout):
         if self.prefix is None:
             return None
         out = model.base_model(input_ids=self.prefix.input_ids, attention_mask=self.prefix.attention_mask,
-                               position_ids=self.prefix_positions, use_cache=True)
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                               position_ids=self.prefix_positions, **cache_kwargs(model.base_model, None))
+        return [(layer.keys, layer.values) for layer in output_cache(out).layers]
 
     @staticmethod
     def cache(model: nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]] | None, rsel: torch.Tensor):
@@ -481,7 +484,7 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
                     stack.enter_context(skip_modules(model, lower_names,
                                                      lambda h=lower, r=rsel, w=width: h[r, :w]))
                 stack.enter_context(add_at(model, module, lay.pos[rsel], delta[row_owner]))
-                hidden = body(**lay.inputs(rsel, lay.cache(model, prefix_kv, rsel))).last_hidden_state
+                hidden = body(**lay.inputs(rsel, lay.cache(model, prefix_kv, rsel), model=body)).last_hidden_state
             if init is None:
                 init = first[module][lay.bare].float()
                 max_norm = hp.clamp_norm_factor * init.norm(dim=1)

@@ -6,8 +6,9 @@ everything else treats it as any Hugging Face model directory (``load_model``).
 
 - ``ensure_converted(sources, directory)``: the converted directory, built first when it is missing, has no
   manifest (a killed or partial conversion) or was made from other source files (their size or modification
-  time changed). A conversion writes into a temporary directory beside ``directory`` under a lock and renames
-  it into place at the end (``editscale.cache.build_dir``); the manifest is the last file written in it.
+  time changed), or whose files do not have the sizes its files manifest records (a damaged conversion). A
+  conversion writes into a temporary directory beside ``directory`` under a lock and renames it into place at
+  the end (``editscale.cache.build_dir``); the files manifest (sha256 of every file) is the last file written.
 - ``sources`` is one ``.gguf`` file, or the chunks of one in order (a GGUF split across several packages),
   which are joined into one file for the conversion and left out of the result.
 - ``conversion_state(sources, directory)``: ``"converted"``, ``"stale"`` or ``"missing"``, without converting.
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from editscale.cache import build_dir
+from editscale.cache import adopt, build_dir, entry_damage
 from editscale.errors import ModelLoadError
 from editscale.progress import progress_bar
 
@@ -113,8 +114,10 @@ def ensure_converted(sources: Path | str | Sequence[Path | str], directory: Path
     unless ``directory`` holds a conversion of these files as they are now. ``sha256``: what the GGUF's
     publisher gives for it, checked before converting."""
     paths = _sources(sources)
-    return build_dir(Path(directory), lambda tmp: convert_gguf(paths, tmp, progress=progress, sha256=sha256),
-                     lambda d: conversion_state(paths, d) == "converted")
+    directory = build_dir(Path(directory), lambda tmp: convert_gguf(paths, tmp, progress=progress, sha256=sha256),
+                          lambda d: conversion_state(paths, d) == "converted" and not entry_damage(d))
+    adopt(directory, MANIFEST_FILE)  # a conversion by an older editscale gets its files manifest once
+    return directory
 
 
 def convert_gguf(sources: Path | str | Sequence[Path | str], out_dir: Path, *,

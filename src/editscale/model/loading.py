@@ -53,6 +53,47 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
+def check_device(device: str | torch.device | None) -> None:
+    """A one-line ``ModelLoadError`` unless ``device`` names a device this machine has (None: fine)."""
+    if device is None:
+        return
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelLoadError(f"device {str(device)!r}: this machine has no CUDA GPU that torch can use "
+                                 f"(torch {torch.__version__}); use --device cpu")
+        if d.index is not None and d.index >= n:
+            raise ModelLoadError(f"device {str(device)!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelLoadError(f"device {str(device)!r}: MPS is not available on this machine; use --device cpu")
+    elif d.type != "cpu":
+        try:
+            torch.empty(0, device=d)
+        except (RuntimeError, NotImplementedError):
+            raise ModelLoadError(f"device {str(device)!r} is not available on this machine; use --device cpu") from None
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """The names of the parameters holding NaN or infinite values."""
+    with torch.no_grad():
+        return [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+
+
+def _check_weight_files(local: Path) -> None:
+    """A truncated or corrupt safetensors file of a model directory, in one line (headers only are read)."""
+    from editscale.cache import safetensors_problem
+
+    for f in sorted(local.glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            raise ModelLoadError(f"could not load the model in {local}: {problem}; copy or save the model again")
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (or HF_ENDPOINT) answers a TCP connection; False when offline."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -111,6 +152,7 @@ def load_model(
     hf_logging.disable_progress_bar()
 
     path = str(name_or_path)
+    check_device(device)
     if ":" in path.split("/")[0] or path.endswith(".gguf"):
         raise ModelLoadError(f"{path!r} is a model name or file, not a model directory: load it with "
                              "editscale.load_model, which converts or builds it first")
@@ -123,6 +165,7 @@ def load_model(
     if local.exists():
         if not (local / "config.json").exists():
             raise ModelLoadError(f"{local} is not a Hugging Face model directory (no config.json)")
+        _check_weight_files(local)
         source, local_only = str(local), True
     elif path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise ModelLoadError(f"model directory {path!r} does not exist")
@@ -146,6 +189,11 @@ def load_model(
             raise ModelLoadError(f"could not load model {path!r} from the hub: {str(e).splitlines()[0]}") from None
     except ValueError as e:
         raise ModelLoadError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from None
+    broken = nonfinite_weights(model)
+    if broken:
+        raise ModelLoadError(f"model {path!r} has NaN or infinite weights (in {broken[0]}"
+                             f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}); it is damaged: load "
+                             "the original weights again")
     if device is not None and device_map is None:
         model = model.to(device)
     model.eval()

@@ -1,0 +1,368 @@
+"""The bad-input table (issue 16): every kind of bad input or misuse a new user tried, run through the CLI in
+process. Each case gives the command, the input, the expected exit status and a fragment of the one-line
+error; every case also checks that the error is one line (no traceback) and that no file was written or
+changed (the workspace, the cached tiny testbed, and the output places).
+
+Inputs are built once per module in a workspace: records and configs, copies of the tiny testbed with NaN,
+infinite, truncated or garbage weights, a finished run, a corrupt run database, and, where this machine lets
+the tests mount file systems, read-only and full storage (the same checks are also made with the storage
+probe failing, which runs everywhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from editscale.cache import FILES_MANIFEST
+
+TINY_CONFIG = ("model: {tiny}\nmethod: {{name: ft-l, hparams: {{steps: 1}}}}\ndata: {records}\nedits: 2\n"
+               "forget_every: 1\nthreads: 1\nmetrics: [efficacy]\nguard: {{enabled: false}}\n")
+
+
+@dataclass
+class Case:
+    id: str
+    args: list[str]  # formatted with the workspace's paths
+    code: int
+    match: str  # a fragment of the error line (case-insensitive)
+    needs: str = ""  # "ro" / "full": a mounted file system this machine may not allow
+    patch: str = ""  # "probe_rofs" / "probe_full": the storage probe fails as on such storage
+    files: dict[str, str] = field(default_factory=dict)  # extra input files for this case, {path: text}
+
+
+def _write_records(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+RECORD = {"prompt": "{} lives in", "subject": "Alice Smith", "target_new": "Paris", "target_true": "Rome"}
+
+CASES = [
+    # --- records files --------------------------------------------------------------------------------------
+    Case("records-not-utf8", ["eval", "-m", "{tiny}", "-d", "{ws}/latin1.jsonl"], 2, "not UTF-8"),
+    Case("records-json-not-utf8", ["eval", "-m", "{tiny}", "-d", "{ws}/latin1.json"], 2, "not UTF-8"),
+    Case("jsonl-missing-field", ["eval", "-m", "{tiny}", "-d", "{ws}/missing_field.jsonl"], 2, "line 2"),
+    Case("native-request-missing-field", ["eval", "-m", "{tiny}", "-d", "{ws}/native_missing.jsonl"], 2,
+         "line 1"),
+    Case("records-missing", ["eval", "-m", "{tiny}", "-d", "{ws}/nope.jsonl"], 2, "does not exist"),
+    Case("records-directory", ["eval", "-m", "{tiny}", "-d", "{ws}"], 2, "is a directory"),
+    Case("records-invalid-json-line", ["eval", "-m", "{tiny}", "-d", "{ws}/bad_line.jsonl"], 2, "invalid JSON"),
+    Case("records-empty", ["eval", "-m", "{tiny}", "-d", "{ws}/empty.jsonl"], 2, "no valid records"),
+    Case("records-not-a-list", ["eval", "-m", "{tiny}", "-d", "{ws}/number.json"], 2, "expected a JSON list"),
+    Case("records-item-not-object", ["eval", "-m", "{tiny}", "-d", "{ws}/list_of_str.json"], 2,
+         "expected a JSON object"),
+    Case("records-subject-not-in-prompt", ["eval", "-m", "{tiny}", "-d", "{ws}/no_subject.jsonl"], 2, "subject"),
+    Case("records-unknown-shape", ["eval", "-m", "{tiny}", "-d", "{ws}/unknown_shape.jsonl"], 2, "line 1"),
+    Case("records-field-wrong-type", ["eval", "-m", "{tiny}", "-d", "{ws}/wrong_type.jsonl"], 2, "must be"),
+    Case("data-unknown-testbed", ["eval", "-m", "{tiny}", "-d", "testbed:nope"], 2, "unknown testbed"),
+    Case("limit-zero", ["eval", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--limit", "0"], 2, "--limit"),
+    # --- run configs ----------------------------------------------------------------------------------------
+    Case("config-not-utf8", ["run", "{ws}/latin1.yaml", "--out", "{ws}/out/r"], 2, "not UTF-8"),
+    Case("config-edits-true", ["run", "{ws}/edits_true.yaml", "--out", "{ws}/out/r"], 2, "field 'edits'"),
+    Case("config-edits-string", ["run", "{ws}/edits_str.yaml", "--out", "{ws}/out/r"], 2, "field 'edits'"),
+    Case("config-batch-float", ["run", "{ws}/batch_float.yaml", "--out", "{ws}/out/r"], 2, "field 'batch'"),
+    Case("config-missing-data", ["run", "{ws}/no_data.yaml", "--out", "{ws}/out/r"], 2, "field 'data' is missing"),
+    Case("config-unknown-field", ["run", "{ws}/unknown_field.yaml", "--out", "{ws}/out/r"], 2, "unknown field"),
+    Case("config-not-mapping", ["run", "{ws}/list.yaml", "--out", "{ws}/out/r"], 2, "must be a mapping"),
+    Case("config-empty", ["run", "{ws}/empty.yaml", "--out", "{ws}/out/r"], 2, "must be a mapping"),
+    Case("config-invalid-yaml", ["run", "{ws}/invalid.yaml", "--out", "{ws}/out/r"], 2, "not valid YAML"),
+    Case("config-missing", ["run", "{ws}/nope.yaml", "--out", "{ws}/out/r"], 2, "does not exist"),
+    Case("config-directory", ["run", "{ws}", "--out", "{ws}/out/r"], 2, "is a directory"),
+    Case("config-unknown-method", ["run", "{ws}/bad_method.yaml", "--out", "{ws}/out/r"], 2, "method.name"),
+    Case("config-threads-zero", ["run", "{ws}/threads_zero.yaml", "--out", "{ws}/out/r"], 2, "field 'threads'"),
+    Case("config-unknown-metric", ["run", "{ws}/bad_metric.yaml", "--out", "{ws}/out/r"], 2,
+         "unknown per-edit metric"),
+    Case("config-guard-revert-int", ["run", "{ws}/guard_int.yaml", "--out", "{ws}/out/r"], 2, "guard.revert"),
+    Case("config-data-missing-file", ["run", "{ws}/data_missing.yaml", "--out", "{ws}/out/r"], 2, "does not exist"),
+    Case("config-model-missing-dir", ["run", "{ws}/model_missing.yaml", "--out", "{ws}/out/r"], 2,
+         "does not exist"),
+    Case("config-bogus-device", ["run", "{ws}/bogus_device.yaml", "--out", "{ws}/out/r"], 2, "device"),
+    Case("config-too-many-edits", ["run", "{ws}/too_many.yaml", "--out", "{ws}/out/r"], 2, "field 'edits'"),
+    Case("run-no-out", ["run", "{ws}/good.yaml"], 2, "--out"),
+    Case("run-resume-with-config", ["run", "{ws}/good.yaml", "--resume", "{ws}/done"], 2, "takes no CONFIG"),
+    Case("run-resume-missing", ["run", "--resume", "{ws}/nothing"], 2, "no results database"),
+    Case("run-resume-corrupt-db", ["run", "--resume", "{ws}/corrupt_run"], 2, "not a readable"),
+    Case("run-resume-text-db", ["run", "--resume", "{ws}/text_run"], 2, "not a readable"),
+    Case("run-out-other-config", ["run", "{ws}/other.yaml", "--out", "{ws}/done"], 2, "another config"),
+    Case("run-out-same-config-complete", ["run", "{ws}/good.yaml", "--out", "{ws}/done", "--json"], 0,
+         "this run is complete"),
+    Case("run-resume-complete", ["run", "--resume", "{ws}/done", "--json"], 0, ""),
+    Case("run-out-not-a-run", ["run", "{ws}/good.yaml", "--out", "{ws}/not_a_run"], 2, "run directory"),
+    Case("run-out-is-file", ["run", "{ws}/good.yaml", "--out", "{ws}/good.jsonl"], 2, "is a file"),
+    Case("run-out-in-cache", ["run", "{ws}/good.yaml", "--out", "{cache}/my-run"], 2, "inside editscale's cache"),
+    Case("run-out-readonly", ["run", "{ws}/good.yaml", "--out", "{ro}/r"], 2, "read-only", needs="ro"),
+    Case("run-out-full", ["run", "{ws}/good.yaml", "--out", "{full}/r"], 2, "storage is full", needs="full"),
+    Case("run-out-probe-readonly", ["run", "{ws}/good.yaml", "--out", "{ws}/out/r"], 2, "read-only",
+         patch="probe_rofs"),
+    Case("run-out-probe-full", ["run", "{ws}/good.yaml", "--out", "{ws}/out/r"], 2, "storage is full",
+         patch="probe_full"),
+    # --- run databases ----------------------------------------------------------------------------------------
+    Case("report-corrupt-db", ["report", "{ws}/corrupt_run", "--out", "{ws}/out/rep"], 2, "not a readable"),
+    Case("report-text-db", ["report", "{ws}/text_run", "--out", "{ws}/out/rep"], 2, "not a readable"),
+    Case("report-missing-run", ["report", "{ws}/nothing", "--out", "{ws}/out/rep"], 2, "run directory"),
+    Case("report-out-readonly", ["report", "{ws}/done", "--out", "{ro}/rep"], 2, "read-only", needs="ro"),
+    Case("report-out-probe-readonly", ["report", "{ws}/done", "--out", "{ws}/out/rep"], 2, "read-only",
+         patch="probe_rofs"),
+    Case("report-out-in-cache", ["report", "{ws}/done", "--out", "{cache}/rep"], 2, "inside editscale's cache"),
+    Case("single-edit-test-corrupt-db", ["single-edit-test", "{ws}/corrupt_run"], 2, "not a readable"),
+    # --- models ---------------------------------------------------------------------------------------------------
+    Case("model-missing-dir", ["eval", "-m", "{ws}/no_model", "-d", "{ws}/good.jsonl"], 2, "does not exist"),
+    Case("model-dir-without-config", ["eval", "-m", "{ws}/not_a_run", "-d", "{ws}/good.jsonl"], 2,
+         "no config.json"),
+    Case("model-truncated-safetensors", ["eval", "-m", "{ws}/m_trunc", "-d", "{ws}/good.jsonl"], 2, "truncated"),
+    Case("model-garbage-safetensors", ["eval", "-m", "{ws}/m_garbage", "-d", "{ws}/good.jsonl"], 2,
+         "not a safetensors file"),
+    Case("model-nan-weights", ["eval", "-m", "{ws}/m_nan", "-d", "{ws}/good.jsonl"], 2, "NaN or infinite"),
+    Case("model-inf-weights", ["eval", "-m", "{ws}/m_inf", "-d", "{ws}/good.jsonl"], 2, "NaN or infinite"),
+    Case("edit-nan-model", ["edit", "-m", "{ws}/m_nan", "--method", "rome", "--prompt", "{{}} lives in",
+                            "--subject", "Alice", "--target", "Paris"], 2, "NaN or infinite"),
+    Case("model-unknown-testbed", ["eval", "-m", "testbed:nope", "-d", "{ws}/good.jsonl"], 2, "unknown testbed"),
+    Case("testbed-cache-truncated", ["eval", "-m", "testbed:tiny", "-d", "{ws}/good.jsonl"], 2, "damaged",
+         patch="home_truncated"),
+    Case("testbed-build-cache-truncated", ["testbed", "build", "tiny"], 2, "--force", patch="home_truncated"),
+    Case("model-missing-gguf", ["eval", "-m", "{ws}/nope.gguf", "-d", "{ws}/good.jsonl"], 2, "does not exist"),
+    Case("bogus-device", ["eval", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--device", "bogus"], 2,
+         "unknown device"),
+    Case("cuda-without-gpu", ["eval", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--device", "cuda"], 2,
+         "no CUDA GPU", needs="nocuda"),
+    Case("cuda-index-without-gpu", ["edit", "-m", "{tiny}", "--prompt", "{{}} lives in", "--subject", "Alice",
+                                    "--target", "Paris", "--device", "cuda:3"], 2, "cuda", needs="nocuda"),
+    Case("unknown-dtype", ["eval", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--dtype", "float8"], 2,
+         "unknown dtype"),
+    Case("downstream-bogus-device", ["downstream", "-m", "{tiny}", "--tasks", "skills", "--device", "nope:0"], 2,
+         "device"),
+    # --- edit and --save ----------------------------------------------------------------------------------------
+    Case("save-onto-existing-dir", ["edit", "-m", "{tiny}", "--prompt", "{{}} lives in", "--subject", "Alice",
+                                    "--target", "Paris", "--save", "{ws}/not_a_run"], 2, "already exists"),
+    Case("save-onto-file", ["edit", "-m", "{tiny}", "--prompt", "{{}} lives in", "--subject", "Alice",
+                            "--target", "Paris", "--save", "{ws}/good.jsonl"], 2, "already exists"),
+    Case("save-into-cached-testbed", ["edit", "-m", "testbed:tiny", "--prompt", "{{}} lives in", "--subject",
+                                      "Alice", "--target", "Paris", "--save", "{tiny}"], 2, "inside editscale's cache"),
+    Case("save-into-cache-new-dir", ["edit", "-m", "{tiny}", "--prompt", "{{}} lives in", "--subject", "Alice",
+                                     "--target", "Paris", "--save", "{cache}/edited"], 2, "inside editscale's cache"),
+    Case("save-readonly", ["edit", "-m", "{tiny}", "--prompt", "{{}} lives in", "--subject", "Alice",
+                           "--target", "Paris", "--save", "{ro}/edited"], 2, "read-only", needs="ro"),
+    Case("save-full", ["edit", "-m", "{tiny}", "--prompt", "{{}} lives in", "--subject", "Alice",
+                       "--target", "Paris", "--save", "{full}/edited"], 2, "storage is full", needs="full"),
+    Case("save-probe-full", ["edit", "-m", "{tiny}", "--prompt", "{{}} lives in", "--subject", "Alice",
+                             "--target", "Paris", "--save", "{ws}/out/edited"], 2, "storage is full",
+         patch="probe_full"),
+    Case("edit-data-and-prompt", ["edit", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--prompt", "{{}} x"], 2,
+         "either --data"),
+    Case("edit-missing-target", ["edit", "-m", "{tiny}", "--prompt", "{{}} lives in", "--subject", "Alice"], 2,
+         "missing --target"),
+    Case("edit-subject-not-in-prompt", ["edit", "-m", "{tiny}", "--prompt", "Bob lives in", "--subject", "Alice",
+                                        "--target", "Paris"], 2, "subject"),
+    Case("edit-unknown-method", ["edit", "-m", "{tiny}", "--method", "nope", "--prompt", "{{}} lives in",
+                                 "--subject", "Alice", "--target", "Paris"], 2, "nope"),
+    Case("edit-set-without-equals", ["edit", "-m", "{tiny}", "--method", "rome", "--set", "layer",
+                                     "--prompt", "{{}} lives in", "--subject", "Alice", "--target", "Paris"], 2,
+         "KEY=VALUE"),
+    Case("edit-set-unknown-hparam", ["edit", "-m", "{tiny}", "--method", "rome", "--set", "nope=1",
+                                     "--prompt", "{{}} lives in", "--subject", "Alice", "--target", "Paris"], 2,
+         "nope"),
+    Case("edit-hparams-missing", ["edit", "-m", "{tiny}", "--method", "rome", "--hparams", "{ws}/nope.yaml",
+                                  "--prompt", "{{}} lives in", "--subject", "Alice", "--target", "Paris"], 2,
+         "nope.yaml"),
+    Case("edit-hparams-not-utf8", ["edit", "-m", "{tiny}", "--method", "rome", "--hparams", "{ws}/latin1.yaml",
+                                   "--prompt", "{{}} lives in", "--subject", "Alice", "--target", "Paris"], 2,
+         "UTF-8"),
+    Case("edit-layer-out-of-range", ["edit", "-m", "{tiny}", "--method", "rome", "--set", "layer=7",
+                                     "--prompt", "{{}} lives in", "--subject", "Alice", "--target", "Paris"], 2,
+         "layer"),
+    Case("edit-corpus-missing", ["edit", "-m", "{tiny}", "--method", "rome", "--corpus", "{ws}/nope.txt",
+                                 "--prompt", "{{}} lives in", "--subject", "Alice", "--target", "Paris"], 2,
+         "does not exist"),
+    # --- other commands -------------------------------------------------------------------------------------------
+    Case("downstream-unknown-task", ["downstream", "-m", "{tiny}", "--tasks", "nope"], 2, "nope"),
+    Case("downstream-missing-data-dir", ["downstream", "-m", "{tiny}", "--tasks", "sst2", "--data-dir",
+                                         "{ws}/nope"], 2, "nope"),
+    Case("trace-unknown-kind", ["trace", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--kinds", "nope",
+                                "--out", "{ws}/out/t"], 2, "nope"),
+    Case("trace-missing-data", ["trace", "-m", "{tiny}", "-d", "{ws}/nope.jsonl", "--out", "{ws}/out/t"], 2,
+         "does not exist"),
+    Case("testbed-unknown", ["testbed", "build", "nope"], 2, "unknown testbed"),
+    Case("threads-zero", ["--threads", "0", "models"], 2, "--threads"),
+    Case("cache-verify-unknown", ["cache", "verify", "nope"], 2, "nope"),
+]
+
+
+def _mount(args: list[str]) -> bool:
+    try:
+        return subprocess.run(args, check=False, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file and directory under the roots (hidden ones too: lock and setup files)."""
+    out = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for p in [root, *root.rglob("*")]:
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                out[str(p)] = (st.st_size if p.is_file() else -1, st.st_mtime_ns if p.is_file() else 0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_testbed):
+    """Every input of the table, made once; the finished run is made with the library (a tiny ft-l run)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from editscale.experiment.runner import run_experiment
+
+    ws = tmp_path_factory.mktemp("bad")
+    records = ws / "good.jsonl"
+    _write_records(records, [dict(RECORD, subject=f"Person{i}", prompt="{} lives in") for i in range(6)])
+    (ws / "latin1.jsonl").write_bytes(json.dumps(dict(RECORD, subject="Jos\u00e9"), ensure_ascii=False)
+                                      .encode("latin-1") + b"\n")
+    (ws / "latin1.json").write_bytes(json.dumps([dict(RECORD, subject="Jos\u00e9")], ensure_ascii=False)
+                                     .encode("latin-1"))
+    _write_records(ws / "missing_field.jsonl", [RECORD, {k: v for k, v in RECORD.items() if k != "target_new"}])
+    _write_records(ws / "native_missing.jsonl", [{"request": {"prompt": "{} lives in", "subject": "Alice"}}])
+    (ws / "bad_line.jsonl").write_text(json.dumps(RECORD) + "\n{not json\n")
+    (ws / "empty.jsonl").write_text("")
+    (ws / "number.json").write_text("42")
+    (ws / "list_of_str.json").write_text('["a", "b"]')
+    _write_records(ws / "no_subject.jsonl", [dict(RECORD, prompt="Bob lives in")])
+    _write_records(ws / "unknown_shape.jsonl", [{"question": "where?", "answer": "here"}])
+    _write_records(ws / "wrong_type.jsonl", [dict(RECORD, target_new=5)])
+    config = TINY_CONFIG.format(tiny=tiny_testbed, records=records)
+    configs = {
+        "good": config,
+        "other": config.replace("edits: 2", "edits: 3"),
+        "edits_true": config.replace("edits: 2", "edits: true"),
+        "edits_str": config.replace("edits: 2", "edits: '2'"),
+        "batch_float": config + "batch: 1.5\n",
+        "no_data": "\n".join(line for line in config.splitlines() if not line.startswith("data:")),
+        "unknown_field": config + "edit: 3\n",
+        "list": "- model\n- data\n",
+        "empty": "",
+        "invalid": "model: [unclosed\n",
+        "bad_method": config.replace("name: ft-l", "name: nope"),
+        "threads_zero": config.replace("threads: 1", "threads: 0"),
+        "bad_metric": config.replace("[efficacy]", "[nope]"),
+        "guard_int": config.replace("{enabled: false}", "{enabled: false, revert: 3}"),
+        "data_missing": config.replace(str(records), str(ws / "nope.jsonl")),
+        "model_missing": config.replace(str(tiny_testbed), str(ws / "no_model")),
+        "bogus_device": config + "device: bogus\n",
+        "too_many": config.replace("edits: 2", "edits: 500"),
+    }
+    for name, text in configs.items():
+        (ws / f"{name}.yaml").write_text(text)
+    (ws / "latin1.yaml").write_bytes(config.encode() + "# caf\u00e9\n".encode("latin-1"))
+    # model copies: truncated, garbage, NaN and inf weights
+    for name in ("m_trunc", "m_garbage", "m_nan", "m_inf"):
+        shutil.copytree(tiny_testbed, ws / name, ignore=shutil.ignore_patterns(FILES_MANIFEST))
+    weights = ws / "m_trunc" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (ws / "m_garbage" / "model.safetensors").write_bytes(os.urandom(4096))
+    for name, value in (("m_nan", float("nan")), ("m_inf", float("inf"))):
+        path = ws / name / "model.safetensors"
+        tensors = load_file(str(path))
+        key = next(k for k, t in tensors.items() if t.is_floating_point() and t.dim() == 2)
+        tensors[key] = tensors[key].clone()
+        tensors[key][0, 0] = value
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    assert torch.isnan(load_file(str(ws / "m_nan" / "model.safetensors"))[key]).any()
+    # run directories: a finished one, a corrupt database, a text file as database, a folder that is no run
+    run_experiment(ws / "good.yaml", ws / "done", progress=False)
+    (ws / "corrupt_run").mkdir()
+    db = (ws / "done" / "results.sqlite").read_bytes()
+    (ws / "corrupt_run" / "results.sqlite").write_bytes(db[:100] + os.urandom(len(db) - 100))
+    (ws / "text_run").mkdir()
+    (ws / "text_run" / "results.sqlite").write_text("this is not a database\n")
+    (ws / "not_a_run").mkdir()
+    (ws / "not_a_run" / "notes.txt").write_text("mine\n")
+    (ws / "out").mkdir()
+    return ws
+
+
+@pytest.fixture(scope="module")
+def mounts(tmp_path_factory):
+    """A read-only and a full (1 MiB tmpfs) file system, where this machine lets the tests mount them."""
+    root = tmp_path_factory.mktemp("mounts")
+    ro, full = root / "ro", root / "full"
+    (root / "ro_src").mkdir()
+    ro.mkdir()
+    full.mkdir()
+    have = {}
+    if _mount(["mount", "--bind", str(root / "ro_src"), str(ro)]):
+        have["ro"] = _mount(["mount", "-o", "remount,bind,ro", str(ro)])
+    if _mount(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(full)]):
+        have["full"] = True
+    yield {"ro": ro if have.get("ro") else None, "full": full if have.get("full") else None}
+    for path in (ro, full):
+        _mount(["umount", str(path)])
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, workspace, mounts, tiny_testbed, cli, monkeypatch, tmp_path):
+    from editscale import cache
+
+    if case.needs in ("ro", "full") and mounts[case.needs] is None:
+        pytest.skip(f"this machine does not let the tests mount a {case.needs} file system "
+                    "(the probe cases check the same)")
+    if case.needs == "nocuda" and _cuda_available():
+        pytest.skip("this machine has a CUDA GPU")
+    watched = [workspace, tiny_testbed, tmp_path]
+    if case.patch.startswith("probe_"):  # the storage is checked before any model is loaded
+        import editscale.names
+
+        def expensive(*args, **kwargs):
+            raise AssertionError("a model was loaded before the storage was checked")
+
+        monkeypatch.setattr(editscale.names, "load_model", expensive)
+    if case.patch == "probe_rofs":
+        def probe(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(cache.tempfile, "mkstemp", probe)
+    elif case.patch == "probe_full":
+        monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
+    elif case.patch == "home_truncated":  # a cache with a complete tiny testbed whose weights were cut short
+        from editscale.testbed.registry import model_path
+
+        home = tmp_path / "home"
+        monkeypatch.setenv("EDITSCALE_HOME", str(home))
+        entry = model_path("tiny")
+        shutil.copytree(tiny_testbed, entry)
+        cache.write_files_manifest(entry)
+        weights = entry / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+    paths = {"ws": workspace, "tiny": tiny_testbed, "cache": cache.cache_root(), "ro": mounts["ro"],
+             "full": mounts["full"]}
+    args = [a.format(**paths) for a in case.args]
+    before = _snapshot(*watched, *(p for p in (mounts["ro"], mounts["full"]) if p is not None))
+    code, _, err = cli(*args)
+    after = _snapshot(*watched, *(p for p in (mounts["ro"], mounts["full"]) if p is not None))
+    assert code == case.code, f"exit {code}, expected {case.code}; stderr: {err}"
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err
+    if any(line.startswith("error:") for line in lines):
+        assert len(lines) == 1, err  # the error line alone: no traceback, no progress before it
+    assert case.match.lower() in err.lower(), err
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    assert not changed, f"files written or changed: {changed[:5]}"
+
+
+def test_the_table_is_large():
+    assert len(CASES) >= 50
