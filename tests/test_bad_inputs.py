@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydantic import Field
 
 from editscale.cache import FILES_MANIFEST
+from editscale.methods.base import Delta, EditMethod, Update, register
+from editscale.methods.hparams import HparamsBase
 
 TINY_CONFIG = ("model: {tiny}\nmethod: {{name: ft-l, hparams: {{steps: 1}}}}\ndata: {records}\nedits: 2\n"
                "forget_every: 1\nthreads: 1\nmetrics: [efficacy]\nguard: {{enabled: false}}\n")
@@ -366,3 +369,88 @@ def test_bad_input(case, workspace, mounts, tiny_testbed, cli, monkeypatch, tmp_
 
 def test_the_table_is_large():
     assert len(CASES) >= 50
+
+
+# --- NaN or infinite weights after an edit ---------------------------------------------------------------------
+class NanHparams(HparamsBase):
+    layer: int | None = Field(None, ge=0)
+    nan_subjects: list[str] = Field(default_factory=list)  # edits of these subjects write NaN into the matrix
+
+
+@register
+class NanEdit(EditMethod):
+    """A stand-in method: a small rank-one update, or NaN for the subjects named."""
+
+    name = "test-nan"
+    Hparams = NanHparams
+
+    def compute(self, ctx, requests, state):
+        import torch
+
+        hp = self.hparams
+        w = ctx.anatomy.weight(ctx.model, hp.layer).detach()
+        state["count"] = torch.tensor(int(state.get("count", torch.zeros(())).item()) + 1)
+        value = float("nan") if any(r.request.subject in hp.nan_subjects for r in requests) else 1e-3
+        left, right = torch.full((w.shape[0], 1), value), torch.ones(1, w.shape[1])
+        name = ctx.anatomy.weight_name(hp.layer)
+        return Delta({name: Update(name, ctx.anatomy.transposed, left=left, right=right)})
+
+
+def test_an_edit_that_makes_nan_weights_is_refused_and_nothing_saved(workspace, tiny_testbed, cli, tmp_path):
+    args = ["edit", "-m", str(tiny_testbed), "--method", "test-nan", "--set", "nan_subjects=[Alice]",
+            "--prompt", "{} lives in", "--subject", "Alice", "--target", "Paris", "--save", str(tmp_path / "x")]
+    code, _, err = cli(*args)
+    last = err.splitlines()[-1]  # after the editing progress line, one error line
+    assert code == 2 and last.startswith("error: test-nan produced NaN or infinite weights") and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+    code, _, err = cli("eval", "-m", str(tiny_testbed), "-d", str(workspace / "good.jsonl"), "--method",
+                       "test-nan", "--set", "nan_subjects=[Person1]")
+    assert code == 2 and "NaN or infinite weights" in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_in_a_run_a_nan_edit_is_a_disabling_edit_rolled_back(workspace, tiny_testbed, tmp_path):
+    """Recorded as flagged and refused (rule ``nonfinite``) and reverted although ``guard.revert`` is off; the
+    method's state is rolled back too, and the run goes on with finite weights."""
+    from editscale.data.readers import load_cases
+    from editscale.experiment.config import sample_cases
+    from editscale.experiment.runner import run_experiment
+    from editscale.experiment.store import RunStore
+
+    records = str(workspace / "good.jsonl")
+    plan = sample_cases(load_cases(records), 5, seed=0)
+    cfg = {"model": str(tiny_testbed), "data": records, "edits": 5, "seed": 0, "threads": 1,
+           "method": {"name": "test-nan", "hparams": {"nan_subjects": [plan[2].request.subject]}},
+           "metrics": ["efficacy"], "guard": {"entropy_prompts": 0, "probe_cases": 0}}
+    summary = run_experiment(cfg, tmp_path / "run", progress=False)
+    assert summary["edits"] == 5 and summary["flagged"] == [3] and summary["refused"] == [3]
+    with RunStore.in_dir(tmp_path / "run") as store:
+        assert store.rows("SELECT kind, rule FROM events ORDER BY id") == [("flagged", "nonfinite"),
+                                                                         ("refused", "nonfinite")]
+        assert store.rows("SELECT refused, efficacy FROM edits WHERE edit_idx = 3") == [(1, None)]
+        frob = dict(store.rows("SELECT update_idx, frobenius FROM distances"))
+        assert frob[3] == frob[2] and frob[4] > frob[3]  # reverted exactly, then editing went on
+
+
+# --- report on read-only storage (part 7) -------------------------------------------------------------------
+def test_report_reads_a_run_without_writing_beside_it(workspace, cli, tmp_path):
+    run = workspace / "done"
+    before = _snapshot(run)
+    code, out, err = cli("report", str(run), "--out", str(tmp_path / "rep"), "--json")
+    assert code == 0, err
+    assert (tmp_path / "rep" / "report.html").is_file() and json.loads(out)["plots"]
+    assert _snapshot(run) == before  # no -shm, -wal or report folder beside the database
+
+
+def test_report_of_a_run_on_read_only_storage(workspace, mounts, cli, tmp_path):
+    if mounts["ro"] is None:
+        pytest.skip("this machine does not let the tests mount a read-only file system")
+    src = mounts["ro"].parent / "ro_src"
+    shutil.copytree(workspace / "done", src / "done")
+    run = mounts["ro"] / "done"
+    code, _, err = cli("report", str(run))  # the default place is beside the run: refused, before any work
+    assert code == 2 and "read-only" in err and "give --out" in err
+    code, out, err = cli("report", str(run), "--out", str(tmp_path / "rep"), "--json")
+    assert code == 0, err
+    assert (tmp_path / "rep" / "report.html").is_file()
+    code, out, err = cli("run", "--resume", str(run), "--json")  # a complete run: its summary, read only
+    assert code == 0 and json.loads(out)["edits"] == 2
