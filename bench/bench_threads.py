@@ -29,12 +29,19 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = (("1 thread", 1, None), ("2 threads", 2, None), ("2 threads, passive", 2, "PASSIVE"))
+# (label, threads, OMP_WAIT_POLICY); threads 0: what the editscale command chooses (editscale.threads: the free
+# cores, passive waiting), decided in the subprocess as the CLI decides it
+SETTINGS = (("1 thread", 1, None), ("2 threads", 2, None), ("2 threads, passive", 2, "PASSIVE"),
+            ("editscale default", 0, None))
 BUSY = "while True: pass"
 
 
 def child(task: str, steps: int, budget: float, spec_name: str) -> None:
     """In the subprocess: time ``task`` and print one JSON line."""
+    if "OMP_NUM_THREADS" not in os.environ:  # the editscale command's own choice, before torch starts
+        from editscale.threads import prepare_environment
+
+        prepare_environment([])
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -81,13 +88,17 @@ def child(task: str, steps: int, budget: float, spec_name: str) -> None:
         times.append(time.perf_counter() - t0)
         if time.perf_counter() - start > budget:
             break
-    print(json.dumps({"median": statistics.median(times), "n": len(times)}))
+    print(json.dumps({"median": statistics.median(times), "n": len(times), "threads": torch.get_num_threads(),
+                      "policy": os.environ.get("OMP_WAIT_POLICY", "default")}))
 
 
 def measure(task: str, threads: int, policy: str | None, busy: int, args: argparse.Namespace) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "EDITSCALE_PROGRESS": "0"}
     env.pop("OMP_WAIT_POLICY", None)
+    env.pop("EDITSCALE_THREADS", None)
+    if threads == 0:
+        del env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]
     if policy:
         env["OMP_WAIT_POLICY"] = policy
     hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
@@ -129,6 +140,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="build,edit")
     ap.add_argument("--demo", action="store_true", help="time `editscale demo` alone and busy instead")
     ap.add_argument("--demo-edits", type=int, default=20)
+    ap.add_argument("--settings", default=None, help="comma-separated labels of SETTINGS to measure (default all)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -143,18 +155,20 @@ def main() -> None:
         print(f"demo --edits {args.demo_edits}: alone {alone:.0f} s, busy {busy:.0f} s, ratio {busy / alone:.2f}")
         return
     results: dict[tuple[str, str, int], dict] = {}
+    settings = [s for s in SETTINGS if args.settings is None or s[0] in args.settings.split(",")]
     for task in args.tasks.split(","):
-        for label, threads, policy in SETTINGS:
+        for label, threads, policy in settings:
             for busy in (0, args.busy):
                 r = measure(task, threads, policy, busy, args)
                 results[(task, label, busy)] = r
                 print(f"{task:5s} {label:20s} {'busy' if busy else 'alone':5s}: {r['median']:.3f} s "
-                      f"(median of {r['n']}, load {r['load']:.2f})", flush=True)
+                      f"(median of {r['n']}, {r['threads']} thread(s), wait policy {r['policy']}, load "
+                      f"{r['load']:.2f})", flush=True)
     print()
     for task in args.tasks.split(","):
-        base = results[(task, "1 thread", 0)]["median"]
+        base = results.get((task, "1 thread", 0), results[(task, settings[0][0], 0)])["median"]
         cells = []
-        for label, _, _ in SETTINGS:
+        for label, _, _ in settings:
             a, b = results[(task, label, 0)]["median"], results[(task, label, args.busy)]["median"]
             cells.append(f"{label}: alone {a:.3f} s, busy {b:.3f} s (busy/alone {b / a:.2f}x, "
                          f"busy / 1 thread alone {b / base:.2f}x)")

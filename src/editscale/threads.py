@@ -5,8 +5,8 @@ of the demo testbed took 4-9 s with 2 spinning threads against 0.7 s on 1 thread
 So the ``editscale`` command, before torch starts its thread pool:
 
 - sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep), unless the environment sets a policy;
-- uses ``--threads N`` / ``EDITSCALE_THREADS``, else the cores that the load average leaves free (at least 1):
-  all of them on an idle machine, one fewer for each process already busy.
+- uses ``--threads N`` / ``EDITSCALE_THREADS``, else ``OMP_NUM_THREADS``, else the cores other processes
+  leave free (at least 1; ``free_cores``): all of them on an idle machine, one fewer for each busy process.
 
 The library itself (``import editscale``) changes nothing: torch's own default applies.
 """
@@ -14,6 +14,8 @@ The library itself (``import editscale``) changes nothing: torch's own default a
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 ENV = "EDITSCALE_THREADS"
 
@@ -23,13 +25,36 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def busy_now(interval: float = 0.1) -> float | None:
+    """How many cores other processes keep busy right now: the machine's busy CPU time over ``interval``
+    seconds (``/proc/stat``) less this process's own. None where ``/proc/stat`` cannot be read."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    try:
+        (total0, idle0), own0 = sample(), sum(os.times()[:2])
+        time.sleep(interval)
+        (total1, idle1), own1 = sample(), sum(os.times()[:2])
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    n_cpus = os.cpu_count() or 1
+    busy = (1 - (idle1 - idle0) / (total1 - total0)) * n_cpus
+    return max(0.0, busy - (own1 - own0) / interval)
+
+
 def free_cores() -> int:
-    """The cores the 1-minute load average leaves free, at least 1."""
+    """The cores other processes leave free, at least 1: the larger of the 1-minute load average and what is
+    busy right now (``busy_now``: a process that started a moment ago is not in the load average yet)."""
     try:
         load = os.getloadavg()[0]
     except OSError:
-        return cores()
-    return max(1, min(cores(), cores() - round(load)))
+        load = 0.0
+    busy = max(load, busy_now() or 0.0)
+    return max(1, min(cores(), cores() - round(busy)))
 
 
 def requested(argv: list[str]) -> int | None:
@@ -66,8 +91,10 @@ def prepare_environment(argv: list[str]) -> int:
 
 
 def apply(n: int) -> int:
-    """Use ``n`` torch CPU threads from now on; returns it."""
-    import torch
-
-    torch.set_num_threads(n)
+    """Use ``n`` torch CPU threads from now on; returns it. Before torch is imported this only sets the
+    environment torch starts from (importing torch here would cost a command that needs none a second or more)."""
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
     return n

@@ -69,8 +69,8 @@ def run_command(
     else:
         if config is None or out is None:
             raise ConfigError("give a CONFIG and --out RUN_DIR, or --resume RUN_DIR")
+        check_free(out)  # before the config is read: validating it imports torch, a second or more
         cfg = load_config(config)
-        check_free(out)
         state = run_state(out, cfg.to_dict())
         if state != "new":
             print(f"{out}: " + ("this run is complete" if state == "complete" else
@@ -155,7 +155,9 @@ def demo_command(
 ) -> None:
     """Build testbed:demo if needed, edit it sequentially with ROME, r-ROME, MEMIT and FT-L on the same
     seeded sample, and write the report."""
+    import torch
+
     from editscale.demo import run_demo
 
     page = run_demo(out, edits=edits)
-    print(f"report: {page}")
+    print(f"report: {page} (on {torch.get_num_threads()} CPU threads)")

@@ -17,7 +17,8 @@ app.add_typer(testbed, name="testbed")
 def build_command(
     name: Annotated[str, typer.Argument(help="Which testbed: tiny (about a minute) or demo (up to 10 minutes).")],
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a cached build exists.")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: all cores).",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training (default: editscale --threads, "
+                                                     "else the cores other processes leave free).",
                                                 min=1)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a summary.")] = False,
 ) -> None:

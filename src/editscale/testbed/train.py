@@ -44,11 +44,12 @@ WORLD_FILE = "world.jsonl"
 
 
 def default_threads() -> int:
-    """Threads for training: ``EDITSCALE_THREADS``, else every core this process may run on."""
+    """Threads for training: ``EDITSCALE_THREADS``, else torch's current count (the ``editscale`` command sets it
+    to the cores other processes leave free: ``editscale.threads``)."""
     env = os.environ.get("EDITSCALE_THREADS")
-    if env:
-        return max(1, int(env))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if env and env.isdigit() and int(env) >= 1:
+        return int(env)
+    return torch.get_num_threads()
 
 
 # --- text ----------------------------------------------------------------------------------------------
