@@ -193,6 +193,9 @@ CASES = [
     Case("trace-missing-data", ["trace", "-m", "{tiny}", "-d", "{ws}/nope.jsonl", "--out", "{ws}/out/t"], 2,
          "does not exist"),
     Case("testbed-unknown", ["testbed", "build", "nope"], 2, "unknown testbed"),
+    Case("testbed-build-cache-full", ["testbed", "build", "tiny"], 2, "storage is full", patch="probe_full_home"),
+    Case("demo-out-full", ["demo", "--out", "{ws}/out/demo"], 2, "storage is full", patch="probe_full"),
+    Case("demo-out-in-cache", ["demo", "--out", "{cache}/demo"], 2, "inside editscale's cache"),
     Case("threads-zero", ["--threads", "0", "models"], 2, "--threads"),
     Case("cache-verify-unknown", ["cache", "verify", "nope"], 2, "nope"),
 ]
@@ -327,13 +330,18 @@ def test_bad_input(case, workspace, mounts, tiny_testbed, cli, monkeypatch, tmp_
     if case.needs == "nocuda" and _cuda_available():
         pytest.skip("this machine has a CUDA GPU")
     watched = [workspace, tiny_testbed, tmp_path]
-    if case.patch.startswith("probe_"):  # the storage is checked before any model is loaded
+    if case.patch.startswith("probe_"):  # the storage is checked before any model is loaded or built
         import editscale.names
+        from editscale.testbed import registry
 
         def expensive(*args, **kwargs):
-            raise AssertionError("a model was loaded before the storage was checked")
+            raise AssertionError("a model was loaded or built before the storage was checked")
 
         monkeypatch.setattr(editscale.names, "load_model", expensive)
+        monkeypatch.setattr(registry, "build", expensive)
+    if case.patch == "probe_full_home":  # an empty cache on a full disk
+        monkeypatch.setenv("EDITSCALE_HOME", str(tmp_path / "home"))
+        case = Case(case.id, case.args, case.code, case.match, patch="probe_full")
     if case.patch == "probe_rofs":
         def probe(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")

@@ -33,6 +33,7 @@ from pathlib import Path
 from editscale.errors import ConfigError, StorageError
 
 FILES_MANIFEST = "editscale_files.json"  # a cache entry's files with size and sha256, written last
+MIN_FREE_BYTES = 16 << 20  # what a place to write must have free at least, checked before the work
 
 
 def cache_root() -> Path:
@@ -66,11 +67,13 @@ def build_dir(path: Path, build: Callable[[Path], object], ready: Callable[[Path
 
 
 def build_dir_status(path: Path, build: Callable[[Path], object], ready: Callable[[Path], bool], *,
-                     force: bool = False) -> tuple[Path, str]:
+                     force: bool = False, need_bytes: int = MIN_FREE_BYTES) -> tuple[Path, str]:
     """``build_dir``, and what happened: ``"cached"`` (it was ready), ``"built"`` (this call built it) or
-    ``"waited"`` (another process built it while this one waited for the lock)."""
+    ``"waited"`` (another process built it while this one waited for the lock). Before building, the cache's
+    storage must be writable with ``need_bytes`` free (a one-line ``StorageError`` otherwise)."""
     if ready(path) and not force:
         return path, "cached"
+    check_writable(path.parent, "the cache folder", need_bytes=need_bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(path.with_name(path.name + ".lock")):
         if ready(path) and not force:  # built by another process while we waited
@@ -225,9 +228,6 @@ def refuse_inside_cache(path: Path, what: str) -> None:
     if inside_cache(path):
         raise ConfigError(f"{what} {path} is inside editscale's cache ({cache_root()}), where only editscale's "
                           "builders write; choose a directory outside it")
-
-
-MIN_FREE_BYTES = 16 << 20
 
 
 def check_writable(path: Path, what: str, need_bytes: int = MIN_FREE_BYTES) -> None:

@@ -157,7 +157,10 @@ def demo_command(
     seeded sample, and write the report."""
     import torch
 
+    from editscale.cache import check_writable, refuse_inside_cache
     from editscale.demo import run_demo
 
+    refuse_inside_cache(out, "--out")
+    check_writable(out, "--out")  # before the testbed build
     page = run_demo(out, edits=edits)
     print(f"report: {page} (on {torch.get_num_threads()} CPU threads)")

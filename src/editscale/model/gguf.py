@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from editscale.cache import adopt, build_dir, entry_damage
+from editscale.cache import adopt, build_dir_status, entry_damage
 from editscale.errors import ModelLoadError
 from editscale.progress import progress_bar
 
@@ -114,8 +114,11 @@ def ensure_converted(sources: Path | str | Sequence[Path | str], directory: Path
     unless ``directory`` holds a conversion of these files as they are now. ``sha256``: what the GGUF's
     publisher gives for it, checked before converting."""
     paths = _sources(sources)
-    directory = build_dir(Path(directory), lambda tmp: convert_gguf(paths, tmp, progress=progress, sha256=sha256),
-                          lambda d: conversion_state(paths, d) == "converted" and not entry_damage(d))
+    need = 8 * sum(p.stat().st_size for p in paths)  # dequantised to float32: up to 8x a 4-bit file
+    directory = build_dir_status(Path(directory),
+                                 lambda tmp: convert_gguf(paths, tmp, progress=progress, sha256=sha256),
+                                 lambda d: conversion_state(paths, d) == "converted" and not entry_damage(d),
+                                 need_bytes=need)[0]
     adopt(directory, MANIFEST_FILE)  # a conversion by an older editscale gets its files manifest once
     return directory
 
