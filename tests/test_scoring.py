@@ -136,6 +136,25 @@ def test_scores_equal_a_plain_full_logits_computation(family):
         assert capped.abs().max() <= 0.05 < bare.abs().max()
 
 
+def test_a_prompt_scored_against_several_one_token_targets_runs_once(bigram):
+    """Pairs whose inputs are equal (prompt + target but its last token) share one forward row."""
+    model, tok, probs, ids = bigram
+    seen = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        seen.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    model.forward = counting
+    s = score_continuations(model, tok, ["Ann is", "Ann is", "Bob in", "Ann is"], ["x", "y", "y", "x z"])
+    assert seen == [3]  # "Ann is" (for x and y), "Bob in", "Ann is x"
+    expected = [math.log(probs[ids["is"], ids["x"]]), math.log(probs[ids["is"], ids["y"]]),
+                math.log(probs[ids["in"], ids["y"]]),
+                math.log(probs[ids["is"], ids["x"]]) + math.log(probs[ids["x"], ids["z"]])]
+    assert s.logprob.tolist() == pytest.approx(expected, rel=1e-5)
+
+
 def test_harmonic_mean_and_entropy():
     assert harmonic_mean([0.5, 1.0, 1.0]) == pytest.approx(3 / (2 + 1 + 1))
     assert harmonic_mean([0.0, 1.0]) == 0.0

@@ -104,17 +104,28 @@ def score_continuations(
         if key not in cache:
             cache[key] = (encode(tokenizer, p), continuation_ids(tokenizer, p, t))
         pairs.append(cache[key])
+    # each distinct input is run once: prompt + target but its last token (which predicts nothing read), so
+    # a prompt scored against several one-token targets (a re-check's new and true object) is one sequence
+    seq_index: dict[tuple[int, ...], int] = {}
+    users: list[list[int]] = []
+    for i, (p_ids, t_ids) in enumerate(pairs):
+        k = seq_index.setdefault(tuple(p_ids + t_ids[:-1]), len(users))
+        if k == len(users):
+            users.append([])
+        users[k].append(i)
+    seqs_all = list(seq_index)
     # sort by length so batches pad little; scatter results back afterwards
-    order = sorted(range(n), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        seqs = [pairs[i][0] + pairs[i][1][:-1] for i in idx]  # the last target token predicts nothing read
-        batch = pad_batch(seqs, tokenizer.pad_token_id, device)
+    order = sorted(range(len(seqs_all)), key=lambda k: len(seqs_all[k]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = pad_batch([list(seqs_all[k]) for k in chunk], tokenizer.pad_token_id, device)
+        idx = [i for k in chunk for i in users[k]]  # the pairs this batch scores
+        row = [r for r, k in enumerate(chunk) for _ in users[k]]
         # positions t whose logits predict a target token: [len(p)-1, len(p)+len(t)-1)
         rows, cols, tgt, owner = [], [], [], []
         for j, i in enumerate(idx):
             p_len, t_ids = len(pairs[i][0]), pairs[i][1]
-            rows.extend([j] * len(t_ids))
+            rows.extend([row[j]] * len(t_ids))
             cols.extend(range(p_len - 1, p_len - 1 + len(t_ids)))
             tgt.extend(t_ids)
             owner.extend([j] * len(t_ids))
