@@ -1,4 +1,4 @@
-"""Causal tracing on tiny random models of every family in the anatomy, and the command on the tiny testbed."""
+"""Causal tracing on tiny random models of every family in the anatomy; the command on the tiny testbed."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from editscale.model.tokens import continuation_ids
 from editscale.trace import causal_trace, trace_fact, window_range
 from editscale.trace.causal import default_window, recommend, subject_token_range
 
-PROMPTS = (("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
-           ("Danielle Darrieux speaks", "Danielle Darrieux"),
-           ("LeBron James plays the sport of", "LeBron James"),
-           ("The mother tongue of Toko Yasuda is", "Toko Yasuda"),
-           ("Danielle Darrieux lives in", "Danielle Darrieux"),
-           ("In the city of Los Angeles, LeBron James plays", "LeBron James"))
+PROMPTS = (
+    ("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
+    ("Danielle Darrieux speaks", "Danielle Darrieux"),
+    ("LeBron James plays the sport of", "LeBron James"),
+    ("The mother tongue of Toko Yasuda is", "Toko Yasuda"),
+    ("Danielle Darrieux lives in", "Danielle Darrieux"),
+    ("In the city of Los Angeles, LeBron James plays", "LeBron James"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,8 @@ def tok():
 
 def peaked_model(family: str, tok, layers: int = 3, prompts=PROMPTS):
     """A random model whose outputs are sharp (weights scaled up, a sharp final norm), and the fact among
-    ``prompts`` whose likeliest word-initial continuation is likeliest: its object, so effects are far from 0."""
+    ``prompts`` whose likeliest word-initial continuation is likeliest: its object, so effects are far
+    from 0."""
     model = random_model(family, layers=layers)
     with torch.no_grad():
         for p in model.parameters():
@@ -42,7 +45,11 @@ def peaked_model(family: str, tok, layers: int = 3, prompts=PROMPTS):
             probs = torch.softmax(model(tok(text, return_tensors="pt").input_ids).logits[0, -1], -1)
             for i in probs.argsort(descending=True).tolist()[:20]:
                 word = tok.decode([i])
-                if word.startswith(" ") and word.strip().isalpha() and continuation_ids(tok, text, word.strip())[0] == i:
+                if (
+                    word.startswith(" ")
+                    and word.strip().isalpha()
+                    and continuation_ids(tok, text, word.strip())[0] == i
+                ):
                     if probs[i] > best[0]:
                         best = (probs[i].item(), Fact(text, subject, word.strip()))
                     break
@@ -51,8 +58,15 @@ def peaked_model(family: str, tok, layers: int = 3, prompts=PROMPTS):
 
 
 def hook_counts(model) -> dict[str, tuple[int, ...]]:
-    return {name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._forward_hooks_with_kwargs),
-                   len(m._forward_pre_hooks_with_kwargs)) for name, m in model.named_modules()}
+    return {
+        name: (
+            len(m._forward_hooks),
+            len(m._forward_pre_hooks),
+            len(m._forward_hooks_with_kwargs),
+            len(m._forward_pre_hooks_with_kwargs),
+        )
+        for name, m in model.named_modules()
+    }
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -86,7 +100,9 @@ def test_restoring_last_block_at_last_token_restores_the_clean_output(family, to
 
 
 def test_shapes_tokens_and_states_before_the_subject(tok):
-    model, fact = peaked_model("gpt2", tok, layers=4, prompts=[p for p in PROMPTS if not p[0].startswith(p[1])])
+    model, fact = peaked_model(
+        "gpt2", tok, layers=4, prompts=[p for p in PROMPTS if not p[0].startswith(p[1])]
+    )
     tr = trace_fact(model, tok, fact, noise=1.0, samples=2, kinds=["mlp", "hidden"], window=3)
     b, e = tr.subject_range
     assert (b, e) == subject_token_range(tok, fact.text, fact.subject)
@@ -103,7 +119,9 @@ def test_shapes_tokens_and_states_before_the_subject(tok):
 @pytest.mark.parametrize("window", [1, 2, 5, 10])
 def test_window_matches_the_reference_and_stays_inside_the_model(n_layers, window):
     for layer in range(n_layers):
-        ref = range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))  # trace_important_window
+        ref = range(
+            max(0, layer - window // 2), min(n_layers, layer - (-window // 2))
+        )  # trace_important_window
         lo, hi = window_range(layer, window, n_layers)
         assert range(lo, hi) == ref and lo <= layer < hi
     assert window_range(0, window, n_layers)[0] == 0
@@ -144,8 +162,7 @@ def test_causal_trace_summary_and_recommendation(tok, tmp_path):
     s = causal_trace(model, tok, facts, samples=2, known_only=False, progress=False)
     assert s.n_facts == 2 and s.window == default_window(4) == 1
     assert s.total_effect == pytest.approx(np.mean([t.total_effect for t in s.facts]))
-    mlp_last_subject = s.grouped["mlp"][2]
-    assert s.recommended["rome_layer"] == int(np.argmax(mlp_last_subject))
+    assert s.recommended == recommend(s.grouped["mlp"], s.total_effect)
     data = s.to_json()
     assert set(data["indirect_effect"]) == {"hidden", "mlp", "attn"}
     assert len(data["indirect_effect"]["mlp"]["last_token"]) == 4
@@ -156,28 +173,78 @@ def test_causal_trace_summary_and_recommendation(tok, tmp_path):
     assert json.loads((tmp_path / "trace.json").read_text())["n_facts"] == 2
 
 
+def mlp_groups(last_subject, middle=None) -> np.ndarray:
+    g = np.zeros((6, len(last_subject)))
+    g[2] = last_subject
+    if middle is not None:
+        g[1] = middle
+    return g
+
+
 def test_recommend_rule():
-    assert recommend(np.array([0.1, 0.3, 0.2, 0.0]))["memit_layers"] == [0, 1, 2, 3]
-    r = recommend(np.r_[np.zeros(10), 1.0, np.zeros(19)])
+    r = recommend(mlp_groups([0.1, 0.3, 0.2, 0.0]), total_effect=0.5)
+    assert r["rome_layer"] == 1 and r["memit_layers"] == [0, 1, 2]  # clipped before the last layer
+    r = recommend(mlp_groups(np.r_[np.zeros(10), 1.0, np.zeros(19)]), total_effect=1.0)
     assert r["rome_layer"] == 10 and r["memit_layers"] == [8, 9, 10, 11, 12, 13]
-    assert recommend(None)["rome_layer"] is None
+    # the last layer is never recommended, whatever its effect
+    assert recommend(mlp_groups([0.1, 0.2, 0.9]), total_effect=1.0)["rome_layer"] == 1
+    # no MLP at the last subject token carries the fact: no layer, and where the subject's effect is instead
+    r = recommend(mlp_groups([-0.01, 0.0, 0.01, 0.0], middle=[0.3, 0.1, 0, 0]), total_effect=0.9)
+    assert r["rome_layer"] is None and r["memit_layers"] is None and "not recalled" in r["note"]
+    assert r["subject_peak"] == {"token": "middle subject tokens", "layer": 0, "indirect_effect": 0.3}
+    assert recommend(None, 0.5)["rome_layer"] is None
 
 
 def test_known_facts_file_and_cli(tiny_testbed, cli, tmp_path):
     world = [json.loads(line) for line in (tiny_testbed / "world.jsonl").read_text().splitlines()[:40]]
-    known = [{"known_id": i, "subject": r["request"]["subject"], "attribute": r["request"]["target_true"],
-              "prompt": r["request"]["prompt"].replace("{}", r["request"]["subject"]), "relation_id": "x",
-              "template": r["request"]["prompt"], "prediction": ""} for i, r in enumerate(world)]
+    known = [
+        {
+            "known_id": i,
+            "subject": r["request"]["subject"],
+            "attribute": r["request"]["target_true"],
+            "prompt": r["request"]["prompt"].replace("{}", r["request"]["subject"]),
+            "relation_id": "x",
+            "template": r["request"]["prompt"],
+            "prediction": "",
+        }
+        for i, r in enumerate(world)
+    ]
     path = tmp_path / "known.json"
     path.write_text(json.dumps(known))
-    code, out, err = cli("trace", "--model", str(tiny_testbed), "--data", str(path), "--n", "3", "--samples", "2",
-                         "--kinds", "mlp,hidden", "--out", str(tmp_path / "out"), "--single", "1", "--json",
-                         "--threads", "1")
+    code, out, err = cli(
+        "trace",
+        "--model",
+        str(tiny_testbed),
+        "--data",
+        str(path),
+        "--n",
+        "3",
+        "--samples",
+        "2",
+        "--kinds",
+        "mlp,hidden",
+        "--out",
+        str(tmp_path / "out"),
+        "--single",
+        "1",
+        "--json",
+        "--threads",
+        "1",
+    )
     assert code == 0, err
     data = json.loads(out)
     assert data["n_facts"] == 3 and data["kinds"] == ["mlp", "hidden"]
-    assert data["recommended"]["rome_layer"] in (0, 1)
+    assert data["recommended"]["rome_layer"] in (0, None)  # 2 layers: the last is never recommended
     assert (tmp_path / "out" / "trace_mlp.png").stat().st_size > 1000
-    code, _, err = cli("trace", "--model", str(tiny_testbed), "--data", str(path), "--kinds", "mlp,neurons",
-                       "--out", str(tmp_path / "bad"))
+    code, _, err = cli(
+        "trace",
+        "--model",
+        str(tiny_testbed),
+        "--data",
+        str(path),
+        "--kinds",
+        "mlp,neurons",
+        "--out",
+        str(tmp_path / "bad"),
+    )
     assert code == 2 and "neurons" in err

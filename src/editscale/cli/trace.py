@@ -1,4 +1,4 @@
-"""``editscale trace``: causal tracing of the facts a model knows; heatmaps, JSON and recommended edit layers."""
+"""``editscale trace``: causal tracing of the facts a model knows; heatmaps, JSON, recommended edit layers."""
 
 from __future__ import annotations
 
@@ -25,23 +25,40 @@ def _load(model: str, data: str, dtype: str | None, device: str | None):
 @app.command("trace")
 def trace_command(
     model: ModelOpt,
-    data: Annotated[str, typer.Option("--data", "-d", help="Facts: ROME's known_1000.json, any records file "
-                                                             "(their true facts) or testbed:NAME.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Facts: ROME's known_1000.json, any records file (their true facts) or testbed:NAME.",
+        ),
+    ],
     n: Annotated[int, typer.Option("--n", help="Trace the first N facts the model knows.", min=1)] = 50,
     kinds: Annotated[str, typer.Option(help="Comma-separated: hidden, mlp, attn.")] = "hidden,mlp,attn",
     samples: Annotated[int, typer.Option(help="Noise draws per fact (the reference: 10).", min=1)] = 10,
-    window: Annotated[int | None, typer.Option(help="MLP/attention layers restored around each layer "
-                                                     "(default: 10, or a third of the layers below 28).",
-                                               min=1)] = None,
-    noise_factor: Annotated[float, typer.Option(help="Noise as a multiple of the subjects' embedding std.")] = 3.0,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            help="MLP/attention layers restored around each layer "
+            "(default: 10, or a third of the layers below 28).",
+            min=1,
+        ),
+    ] = None,
+    noise_factor: Annotated[
+        float, typer.Option(help="Noise as a multiple of the subjects' embedding std.")
+    ] = 3.0,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: ./trace-MODEL).")] = None,
     single: Annotated[int, typer.Option(help="Single-fact heatmaps to write.", min=0)] = 3,
     max_rows: Annotated[int, typer.Option(help="Restored rows per batch (memory bound).", min=1)] = 1024,
     seed: Annotated[int, typer.Option(help="Seed of the noise draws.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).", min=1)] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16 (default: as saved).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, float16 or bfloat16 (default: as saved).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda:0.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of a table.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the JSON summary instead of a table.")
+    ] = False,
 ) -> None:
     """Causal tracing (ROME, section 3) of the first N facts in DATA that MODEL knows.
 
@@ -57,8 +74,18 @@ def trace_command(
     out_dir = out or Path(f"trace-{re.sub(r'[^A-Za-z0-9._-]+', '_', model).strip('_')}")
     with torch_threads(threads):
         lm, tok, facts = _load(model, data, dtype, device)
-        summary = causal_trace(lm, tok, facts, n=n, kinds=kind_list, samples=samples, window=window,
-                               noise_factor=noise_factor, seed=seed, max_rows=max_rows)
+        summary = causal_trace(
+            lm,
+            tok,
+            facts,
+            n=n,
+            kinds=kind_list,
+            samples=samples,
+            window=window,
+            noise_factor=noise_factor,
+            seed=seed,
+            max_rows=max_rows,
+        )
     written = write_outputs(summary, out_dir, model_name=model, single_facts=single)
     if json_out:
         print_json({**summary.to_json(), "out": str(out_dir)})
@@ -74,11 +101,15 @@ def _print_summary(summary, model: str, written: list[Path]) -> None:
 
     console = Console()
     c = summary.cost
-    console.print(f"{model}: {summary.n_facts} known facts traced (of {summary.n_known} known, "
-                  f"{summary.n_candidates} read); {summary.samples} noise draws, noise {summary.noise:.3g}, "
-                  f"window {summary.window}")
-    console.print(f"P(o) clean {summary.p_clean:.3f}, corrupted {summary.p_corrupted:.3f}, "
-                  f"total effect {summary.total_effect:.3f}")
+    console.print(
+        f"{model}: {summary.n_facts} known facts traced (of {summary.n_known} known, "
+        f"{summary.n_candidates} read); {summary.samples} noise draws, noise {summary.noise:.3g}, "
+        f"window {summary.window}"
+    )
+    console.print(
+        f"P(o) clean {summary.p_clean:.3f}, corrupted {summary.p_corrupted:.3f}, "
+        f"total effect {summary.total_effect:.3f}"
+    )
     table = Table(title="average indirect effect per layer")
     table.add_column("kind / token")
     for layer in range(summary.n_layers):
@@ -88,9 +119,14 @@ def _print_summary(summary, model: str, written: list[Path]) -> None:
             table.add_row(f"{kind} / {GROUPS[row]}", *[f"{v:.3f}" for v in summary.grouped[kind][row]])
     console.print(table)
     rec = summary.recommended
-    console.print(f"recommended: ROME layer {rec['rome_layer']}, MEMIT layers {rec['memit_layers']} "
-                  f"({rec['rule']})")
-    console.print(f"cost per fact: {c['seconds_per_fact']:.2f} s, {c['forward_calls_per_fact']:.0f} forward calls "
-                  f"= {c['full_pass_equivalents_per_fact']:.0f} full-pass equivalents (the reference: "
-                  f"{c['reference_passes_per_fact']:.0f} passes)")
+    if rec["rome_layer"] is None:
+        console.print(f"recommended: none ({rec['note']})")
+    else:
+        console.print(f"recommended: ROME layer {rec['rome_layer']}, MEMIT layers {rec['memit_layers']}")
+    console.print(f"rule: {rec['rule']}")
+    console.print(
+        f"cost per fact: {c['seconds_per_fact']:.2f} s, {c['forward_calls_per_fact']:.0f} forward calls "
+        f"= {c['full_pass_equivalents_per_fact']:.0f} full-pass equivalents (the reference: "
+        f"{c['reference_passes_per_fact']:.0f} passes)"
+    )
     console.print(f"wrote {len(written)} files to {written[-1].parent}")

@@ -3,43 +3,46 @@
 The procedure is the paper's, with the facts its text leaves out taken from kmeng01/rome
 (``experiments/causal_trace.py``):
 
-- **clean run**: the prompt as it is; o is the token the model predicts next (for a known fact: the first token
-  of its true object);
-- **corrupted run**: Gaussian noise of ``noise_factor`` (3) times the standard deviation of the input embeddings
-  of the data set's subjects (``embedding_noise``; the reference's ``s3``) is added to the embeddings of the
-  subject's tokens; ``samples`` (10) noise draws per fact, seeded, and the same draws for every restoration of
-  that fact; probabilities are averaged over the draws;
+- **clean run**: the prompt as it is; o is the token the model predicts next (for a known fact: the first
+  token of its true object);
+- **corrupted run**: Gaussian noise of ``noise_factor`` (3) times the standard deviation of the input
+  embeddings of the data set's subjects (``embedding_noise``; the reference's ``s3``) is added to the
+  embeddings of the subject's tokens; ``samples`` (10) noise draws per fact, seeded, and the same draws for
+  every restoration of that fact; probabilities are averaged over the draws;
 - **restored runs**: the corrupted run with one clean state put back at one token: the output of block l
   (``hidden``), or the outputs of the MLP (``mlp``) or attention (``attn``) modules of the ``window`` layers
   around l, ``[l - window // 2, l + ceil(window / 2))`` clipped to the model (the reference's window), for
   every layer l and token t;
-- **effects**: total effect TE = P_clean(o) - P_corrupted(o); indirect effect of a state
-  IE = P_restored(o) - P_corrupted(o).
+- **effects**: total effect TE = P_clean(o) - P_corrupted(o); indirect effect of a state IE = P_restored(o) -
+  P_corrupted(o).
 
-Batched (the reference runs one full forward pass of samples + 1 rows per restoration, i.e.
-``T x L + 2`` passes per kind): restoring a state at layer l leaves the layers below l exactly as in the
-corrupted run, so the corrupted run is made once, recording the input of every block, and each restored row
-starts at its first changed block from that record. A restoration at token t leaves the positions before t as
-in the corrupted run too, so its rows compute positions t.. only, the blocks given the corrupted run's keys and
-values of the positions before t in place of their key/value cache. All rows restoring at one token (every kind,
-layer and noise draw) are swept through the blocks together: at block j the batch holds the rows that start at
-or below j (``max_rows`` bounds a batch). Blocks are called with the
-arguments the model itself gave them in a clean run of positions t.. (``hooks.capture_calls``: masks, rotary
-position embeddings); MLP/attention states are put back with ``hooks.edit_output``. The LM head is applied to
-the last position only. Two restorations need no computation: a state at a token before the subject is the
-same in the clean and corrupted runs (IE = 0), and block L-1's output matters to the head only at the last token
-(IE = TE there, 0 elsewhere). ``trace_fact(..., plain=True)`` is the reference's one-pass-per-restoration
-computation, kept as the check of the batched one.
+Batched (the reference runs one full forward pass of samples + 1 rows per restoration, i.e. ``T x L + 2``
+passes per kind): restoring a state at layer l leaves the layers below l exactly as in the corrupted run, so
+the corrupted run is made once, recording the input of every block, and each restored row starts at its first
+changed block from that record. A restoration at token t leaves the positions before t as in the corrupted run
+too, so its rows compute positions t.. only, the blocks given the corrupted run's keys and values of the
+positions before t in place of their key/value cache. All rows restoring at one token (every kind, layer and
+noise draw) are swept through the blocks together: at block j the batch holds the rows that start at or below
+j (``max_rows`` bounds a batch). Blocks are called with the arguments the model itself gave them in a clean
+run of positions t.. (``hooks.capture_calls``: masks, rotary position embeddings); MLP/attention states are
+put back with ``hooks.edit_output``. The LM head is applied to the last position only. Two restorations need
+no computation: a state at a token before the subject is the same in the clean and corrupted runs (IE = 0),
+and block L-1's output matters to the head only at the last token (IE = TE there, 0 elsewhere).
+``trace_fact(..., plain=True)`` is the reference's one-pass-per-restoration computation, kept as the check of
+the batched one.
 
 Known facts are those whose object the unedited model predicts greedily (every token of it the argmax,
-teacher-forced: its greedy continuation begins with the object). The averages follow the paper's figure:
-token rows grouped as first subject token, middle subject tokens, last subject token, first subsequent token,
+teacher-forced: its greedy continuation begins with the object). The averages follow the paper's figure: token
+rows grouped as first subject token, middle subject tokens, last subject token, first subsequent token,
 further tokens, last token (middle and further tokens pooled over facts, as the reference's notebook).
 
 **Recommended layers** (``RULE``): the ROME layer is the layer l whose MLP restoration (window centred on l)
-has the largest average indirect effect at the last subject token, as the ROME paper chose layer 17 of GPT-2 XL
-from its MLP trace; the MEMIT layers are the window the MEMIT paper took around its ROME layer in GPT-J
-(layers 3-8 around 5: l-2 .. l+3), clipped to the model's layers.
+has the largest average indirect effect at the last subject token, as the ROME paper chose layer 17 of GPT-2
+XL from its MLP trace; the MEMIT layers are the window the MEMIT paper took around its ROME layer in GPT-J
+(layers 3-8 around 5: l-2 .. l+3), clipped to the model's layers. The last layer is never chosen (nothing
+after it reads the subject position; editscale refuses edits there), and where the peak is below 5% of the
+total effect the trace recommends no layer: the model does not recall the fact at the last subject token
+(testbed:demo, whose invented names spread a subject over up to 9 tokens, is such a model).
 """
 
 from __future__ import annotations
@@ -62,13 +65,23 @@ from editscale.model.hooks import capture, capture_calls, edit_output
 from editscale.model.tokens import continuation_ids, encode, ensure_pad_token, token_index_at
 
 KINDS = ("hidden", "mlp", "attn")
-GROUPS = ("first subject token", "middle subject tokens", "last subject token", "first subsequent token",
-          "further tokens", "last token")
+GROUPS = (
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+)
 LAST_SUBJECT, LAST_TOKEN = 2, 5  # rows of GROUPS
 MEMIT_SPAN = (-2, 3)  # MEMIT's GPT-J layers 3-8 around ROME's 5
-RULE = ("rome_layer: the layer whose MLP restoration (window centred on it) has the largest average indirect "
-        "effect at the last subject token; memit_layers: rome_layer-2 .. rome_layer+3 (the MEMIT paper's GPT-J "
-        "layers 3-8 around ROME's 5), clipped to the model")
+MIN_PEAK = 0.05  # below this share of the total effect, no layer is recommended
+RULE = (
+    "rome_layer: the layer (the last excepted) whose MLP restoration (window centred on it) has the largest "
+    "average indirect effect at the last subject token, if that is at least 5% of the total effect; "
+    "memit_layers: rome_layer-2 .. rome_layer+3 (the MEMIT paper's GPT-J layers 3-8 around ROME's 5), "
+    "clipped to the layers before the last"
+)
 
 
 def default_window(n_layers: int) -> int:
@@ -93,7 +106,9 @@ def as_fact(item: Fact | EditRequest | EditCase) -> Fact:
 def subject_token_range(tokenizer, text: str, subject: str) -> tuple[int, int]:
     """``[first, last + 1)``: the token positions of the first occurrence of ``subject`` in ``text``."""
     start = text.index(subject)
-    return token_index_at(tokenizer, text, start + 1), token_index_at(tokenizer, text, start + len(subject)) + 1
+    return token_index_at(tokenizer, text, start + 1), token_index_at(
+        tokenizer, text, start + len(subject)
+    ) + 1
 
 
 @torch.no_grad()
@@ -111,8 +126,9 @@ def embedding_noise(model: nn.Module, tokenizer, subjects: Sequence[str], factor
 @torch.no_grad()
 def known_mask(model: nn.Module, tokenizer, facts: Sequence[Fact], batch_size: int = 64) -> list[bool]:
     """Whether the model's greedy continuation of each fact's prompt begins with its object."""
-    scores = score_continuations(model, tokenizer, [f.text for f in facts], [f.object for f in facts],
-                                 batch_size=batch_size)
+    scores = score_continuations(
+        model, tokenizer, [f.text for f in facts], [f.object for f in facts], batch_size=batch_size
+    )
     return scores.all_argmax.tolist()
 
 
@@ -154,10 +170,10 @@ class FactTrace:
         e = self.effects[kind]
         b, end = self.subject_range
         last = e.shape[0] - 1
-        rows: list[list[np.ndarray]] = [[e[b]], list(e[b + 1:end - 1]), [e[end - 1]], [], [], [e[last]]]
+        rows: list[list[np.ndarray]] = [[e[b]], list(e[b + 1 : end - 1]), [e[end - 1]], [], [], [e[last]]]
         if end <= last:
             rows[3].append(e[end])
-            rows[4].extend(e[end + 1:last])
+            rows[4].extend(e[end + 1 : last])
         return rows
 
 
@@ -212,8 +228,16 @@ def _add_noise(subject_range: tuple[int, int], noise: torch.Tensor) -> Callable[
     return fn
 
 
-def _prepare(model, tokenizer, anatomy: Anatomy, fact: Fact, kinds: Sequence[str], noise_level: float,
-             samples: int, generator: torch.Generator) -> _Runs:
+def _prepare(
+    model,
+    tokenizer,
+    anatomy: Anatomy,
+    fact: Fact,
+    kinds: Sequence[str],
+    noise_level: float,
+    samples: int,
+    generator: torch.Generator,
+) -> _Runs:
     device = next(model.parameters()).device
     ids = torch.tensor([encode(tokenizer, fact.text)], device=device)
     rng = subject_token_range(tokenizer, fact.text, fact.subject)
@@ -224,24 +248,36 @@ def _prepare(model, tokenizer, anatomy: Anatomy, fact: Fact, kinds: Sequence[str
     d = model.get_input_embeddings().weight.shape[1]
     noise = (torch.randn(samples, rng[1] - rng[0], d, generator=generator) * noise_level).to(device)
 
-    with capture_calls(model, blocks) as calls, \
-            capture(model, blocks + [m for ms in mods.values() for m in ms], inputs=False) as outs:
+    with (
+        capture_calls(model, blocks) as calls,
+        capture(model, blocks + [m for ms in mods.values() for m in ms], inputs=False) as outs,
+    ):
         logits = model(input_ids=ids, use_cache=False).logits[:, -1].float()
     head = _Head(model, anatomy, answer_id)
     clean_out = [outs[b] for b in blocks]
     mine = head.logits(clean_out[-1][:, -1])
     if not torch.allclose(mine, logits, rtol=1e-3, atol=1e-3 * (1 + logits.abs().max().item())):
         raise UnsupportedModelError(
-            f"{type(model).__name__}: the logits are not the LM head of the final norm of the last block's output "
-            "(as the anatomy says), so causal tracing cannot compute them from block outputs")
-    with edit_output(model, anatomy.embed_name(model), _add_noise(rng, noise)), \
-            capture(model, blocks, inputs=True) as ins, capture(model, blocks[-1:], inputs=False) as last:
+            f"{type(model).__name__}: the logits are not the LM head of the final norm of the last block's "
+            "output "
+            "(as the anatomy says), so causal tracing cannot compute them from block outputs"
+        )
+    with (
+        edit_output(model, anatomy.embed_name(model), _add_noise(rng, noise)),
+        capture(model, blocks, inputs=True) as ins,
+        capture(model, blocks[-1:], inputs=False) as last,
+    ):
         cache = output_cache(model(input_ids=ids.expand(samples, -1), **cache_kwargs(model, None)))
     return _Runs(
-        ids=ids, subject_range=rng, answer_id=answer_id, noise=noise, clean_out=clean_out,
+        ids=ids,
+        subject_range=rng,
+        answer_id=answer_id,
+        noise=noise,
+        clean_out=clean_out,
         clean_mod={k: [outs[m] for m in ms] for k, ms in mods.items()},
         corrupt_in=[ins[b] for b in blocks] + [last[blocks[-1]]],
-        calls=[calls[b] for b in blocks], corrupt_kv=[cache_layer(cache, j) for j in range(n)],
+        calls=[calls[b] for b in blocks],
+        corrupt_kv=[cache_layer(cache, j) for j in range(n)],
         p_clean=head.prob(clean_out[-1][:, -1]).item(),
         p_corrupted_rows=head.prob(last[blocks[-1]][:, -1]),
     )
@@ -259,24 +295,30 @@ def _suffix_calls(model, anatomy: Anatomy, ids: torch.Tensor, t: int) -> list[tu
 
 
 class _PrefixKV:
-    """Stands in for the key/value cache in a block's call: the corrupted run's keys and values of the positions
-    before the restored token, per row, ahead of the block's own (what ``Cache.update`` returns)."""
+    """Stands in for the key/value cache in a block's call: the corrupted run's keys and values of the
+    positions before the restored token, per row, ahead of the block's own (what ``Cache.update`` returns)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         self.keys, self.values = keys, values
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
-        return torch.cat([self.keys.to(keys.dtype), keys], -2), torch.cat([self.values.to(values.dtype), values], -2)
+        return torch.cat([self.keys.to(keys.dtype), keys], -2), torch.cat(
+            [self.values.to(values.dtype), values], -2
+        )
 
 
 def _with_cache(call: tuple[tuple, dict], cache) -> tuple[tuple, dict]:
     """A block's captured call with its cache argument (wherever the family passes it) replaced."""
     args, kwargs = call
     if not any(is_cache(a) for a in (*args, *kwargs.values())):
-        raise UnsupportedModelError("a decoder block was called without a key/value cache argument, so causal "
-                                    "tracing cannot hand it the positions before the restored token")
-    return (tuple(cache if is_cache(a) else a for a in args),
-            {k: (cache if is_cache(v) else v) for k, v in kwargs.items()})
+        raise UnsupportedModelError(
+            "a decoder block was called without a key/value cache argument, so causal "
+            "tracing cannot hand it the positions before the restored token"
+        )
+    return (
+        tuple(cache if is_cache(a) else a for a in args),
+        {k: (cache if is_cache(v) else v) for k, v in kwargs.items()},
+    )
 
 
 def _block_main(out) -> torch.Tensor:
@@ -287,7 +329,9 @@ def _check(kinds: Sequence[str], samples: int, window: int) -> tuple[str, ...]:
     kinds = tuple(dict.fromkeys(kinds))
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
-        raise ConfigError(f"unknown trace kind(s) {', '.join(bad) or '(none)'}; use some of {', '.join(KINDS)}")
+        raise ConfigError(
+            f"unknown trace kind(s) {', '.join(bad) or '(none)'}; use some of {', '.join(KINDS)}"
+        )
     if samples < 1 or window < 1:
         raise ConfigError(f"samples and window must be at least 1 (got {samples} and {window})")
     return kinds
@@ -320,17 +364,28 @@ def trace_fact(
     n = anatomy.n_layers(model)
     window = default_window(n) if window is None else window
     kinds = _check(kinds, samples, window)
-    runs = _prepare(model, tokenizer, anatomy, fact, kinds, noise, samples, torch.Generator().manual_seed(seed))
+    runs = _prepare(
+        model, tokenizer, anatomy, fact, kinds, noise, samples, torch.Generator().manual_seed(seed)
+    )
     p_corr = runs.p_corrupted_rows.mean().item()
     if plain:
         probs, calls, row_layers = _plain(model, anatomy, runs, kinds, samples, window)
     else:
         probs, calls, row_layers = _batched(model, anatomy, runs, kinds, samples, window, max_rows)
     return FactTrace(
-        fact=fact, tokens=[tokenizer.decode([i]) for i in runs.ids[0].tolist()], subject_range=runs.subject_range,
-        answer=tokenizer.decode([runs.answer_id]), answer_id=runs.answer_id, p_clean=runs.p_clean,
-        p_corrupted=p_corr, effects={k: p - p_corr for k, p in probs.items()}, window=window, samples=samples,
-        forward_calls=2 + calls, row_layers=n * (1 + samples) + row_layers, seconds=time.perf_counter() - t0,
+        fact=fact,
+        tokens=[tokenizer.decode([i]) for i in runs.ids[0].tolist()],
+        subject_range=runs.subject_range,
+        answer=tokenizer.decode([runs.answer_id]),
+        answer_id=runs.answer_id,
+        p_clean=runs.p_clean,
+        p_corrupted=p_corr,
+        effects={k: p - p_corr for k, p in probs.items()},
+        window=window,
+        samples=samples,
+        forward_calls=2 + calls,
+        row_layers=n * (1 + samples) + row_layers,
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -360,7 +415,7 @@ def _batched(model, anatomy: Anatomy, runs: _Runs, kinds, samples: int, window: 
             row_layers += n * (t + (T - t)) / T
         per_chunk = max(1, max_rows // samples)
         for c0 in range(0, len(specs), per_chunk):
-            chunk = specs[c0:c0 + per_chunk]
+            chunk = specs[c0 : c0 + per_chunk]
             p = _sweep(model, anatomy, runs, kinds, chunk, samples, head, t, block_calls)
             calls += 1
             row_layers += samples * sum(n - s[0] for s in chunk) * (T - t) / T
@@ -369,8 +424,17 @@ def _batched(model, anatomy: Anatomy, runs: _Runs, kinds, samples: int, window: 
     return probs, calls, row_layers
 
 
-def _sweep(model, anatomy: Anatomy, runs: _Runs, kinds, chunk, samples: int, head: _Head, t: int,
-           block_calls: list[tuple[tuple, dict]]) -> torch.Tensor:
+def _sweep(
+    model,
+    anatomy: Anatomy,
+    runs: _Runs,
+    kinds,
+    chunk,
+    samples: int,
+    head: _Head,
+    t: int,
+    block_calls: list[tuple[tuple, dict]],
+) -> torch.Tensor:
     """Run the rows of ``chunk`` (restorations at token t, sorted by first changed block) through the blocks,
     positions t.. only (those before t are the corrupted run's, whose keys and values the blocks are given);
     P(o) per row."""
@@ -395,24 +459,34 @@ def _sweep(model, anatomy: Anatomy, runs: _Runs, kinds, chunk, samples: int, hea
         hooks = []
         for kind in ("mlp", "attn"):
             if kind in kinds:
-                rows = ((kind_of[:active] == kinds.index(kind)) & (his[:active] > j)).nonzero()[:, 0].to(device)
+                rows = (
+                    ((kind_of[:active] == kinds.index(kind)) & (his[:active] > j)).nonzero()[:, 0].to(device)
+                )
                 if len(rows):
                     name = anatomy.mlp_name(j) if kind == "mlp" else anatomy.attn_name(j)
                     at_t = torch.zeros_like(rows)
-                    hooks.append(edit_output(model, name, _restore(rows, at_t, runs.clean_mod[kind][j][:, t:])))
+                    hooks.append(
+                        edit_output(model, name, _restore(rows, at_t, runs.clean_mod[kind][j][:, t:]))
+                    )
         args, kwargs = block_calls[j]
         if t > 0:
             keys, values = runs.corrupt_kv[j]
             rows_draw = draw[:active]
-            args, kwargs = _with_cache((args, kwargs), _PrefixKV(keys[rows_draw, :, :t], values[rows_draw, :, :t]))
+            args, kwargs = _with_cache(
+                (args, kwargs), _PrefixKV(keys[rows_draw, :, :t], values[rows_draw, :, :t])
+            )
         with ExitStack() as stack:
             for hook in hooks:
                 stack.enter_context(hook)
-            h[:active] = _block_main(model.get_submodule(anatomy.layer_name(j))(h[:active], *args[1:], **kwargs))
+            h[:active] = _block_main(
+                model.get_submodule(anatomy.layer_name(j))(h[:active], *args[1:], **kwargs)
+            )
     return head.prob(h[:, -1])
 
 
-def _restore(rows: torch.Tensor, toks: torch.Tensor, clean: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _restore(
+    rows: torch.Tensor, toks: torch.Tensor, clean: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
     def fn(out: torch.Tensor) -> torch.Tensor:
         out = out.clone()
         out[rows, toks] = clean[0, toks].to(out.dtype)
@@ -479,10 +553,15 @@ class TraceSummary:
             "p_corrupted": self.p_corrupted,
             "total_effect": self.total_effect,
             "indirect_effect": {
-                k: {"last_subject_token": _floats(self.grouped[k][LAST_SUBJECT]),
-                    "last_token": _floats(self.grouped[k][LAST_TOKEN])} for k in self.kinds},
-            "indirect_effect_by_token_group": {k: dict(zip(GROUPS, map(_floats, self.grouped[k])))
-                                               for k in self.kinds},
+                k: {
+                    "last_subject_token": _floats(self.grouped[k][LAST_SUBJECT]),
+                    "last_token": _floats(self.grouped[k][LAST_TOKEN]),
+                }
+                for k in self.kinds
+            },
+            "indirect_effect_by_token_group": {
+                k: dict(zip(GROUPS, map(_floats, self.grouped[k]))) for k in self.kinds
+            },
             "recommended": self.recommended,
             "cost": self.cost,
         }
@@ -493,15 +572,42 @@ def _floats(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else float(v) for v in values]
 
 
-def recommend(mlp_last_subject: np.ndarray | None) -> dict:
-    """The ROME layer and MEMIT layers ``RULE`` picks from the MLP trace at the last subject token."""
-    if mlp_last_subject is None:
-        return {"rome_layer": None, "memit_layers": None, "rule": RULE + " (needs the mlp kind)"}
-    n = len(mlp_last_subject)
-    rome = int(np.argmax(mlp_last_subject))
-    memit = list(range(max(0, rome + MEMIT_SPAN[0]), min(n - 1, rome + MEMIT_SPAN[1]) + 1))
-    return {"rome_layer": rome, "memit_layers": memit, "peak_indirect_effect": float(mlp_last_subject[rome]),
-            "rule": RULE}
+def recommend(mlp: np.ndarray | None, total_effect: float) -> dict:
+    """The ROME layer and MEMIT layers ``RULE`` picks from the MLP trace's token groups (``mlp``: (6, L)
+    average IE, rows as ``GROUPS``), or None with the reason where the trace does not support a layer."""
+    if mlp is None:
+        return {"rome_layer": None, "memit_layers": None, "rule": RULE, "note": "needs the mlp kind"}
+    n = mlp.shape[1]
+    curve = mlp[
+        LAST_SUBJECT, : max(1, n - 1)
+    ]  # the last layer is never edited: nothing after it reads the subject
+    rome = int(np.argmax(curve))
+    subject = np.nan_to_num(mlp[: LAST_SUBJECT + 1], nan=-np.inf)
+    g, layer = np.unravel_index(int(np.argmax(subject)), subject.shape)
+    out = {
+        "rome_layer": rome,
+        "memit_layers": list(
+            range(max(0, rome + MEMIT_SPAN[0]), min(max(0, n - 2), rome + MEMIT_SPAN[1]) + 1)
+        ),
+        "peak_indirect_effect": float(curve[rome]),
+        "rule": RULE,
+        "subject_peak": {
+            "token": GROUPS[g],
+            "layer": int(layer),
+            "indirect_effect": float(subject[g, layer]),
+        },
+    }
+    if not curve[rome] > MIN_PEAK * total_effect:
+        out.update(
+            rome_layer=None,
+            memit_layers=None,
+            note=(
+                f"no MLP window at the last subject token carries {MIN_PEAK:.0%} of the total effect "
+                f"({total_effect:.3f}); the fact is not recalled there, so the trace recommends no layer "
+                "(subject_peak says where the MLP effect on the subject's tokens is)"
+            ),
+        )
+    return out
 
 
 def summarize(traces: Sequence[FactTrace], noise: float) -> TraceSummary:
@@ -529,9 +635,18 @@ def summarize(traces: Sequence[FactTrace], noise: float) -> TraceSummary:
     p_clean = float(np.mean([t.p_clean for t in traces]))
     p_corr = float(np.mean([t.p_corrupted for t in traces]))
     return TraceSummary(
-        n_facts=nf, n_layers=n, kinds=kinds, samples=traces[0].samples, window=traces[0].window, noise=noise,
-        p_clean=p_clean, p_corrupted=p_corr, total_effect=p_clean - p_corr, grouped=grouped,
-        recommended=recommend(grouped["mlp"][LAST_SUBJECT] if "mlp" in kinds else None), cost=cost,
+        n_facts=nf,
+        n_layers=n,
+        kinds=kinds,
+        samples=traces[0].samples,
+        window=traces[0].window,
+        noise=noise,
+        p_clean=p_clean,
+        p_corrupted=p_corr,
+        total_effect=p_clean - p_corr,
+        grouped=grouped,
+        recommended=recommend(grouped.get("mlp"), p_clean - p_corr),
+        cost=cost,
         facts=list(traces),
     )
 
@@ -575,13 +690,25 @@ def causal_trace(
         n_known = len(chosen)
     chosen = chosen[:n] if n is not None else chosen
     if not chosen:
-        raise ConfigError(f"none of the {len(all_facts)} facts is known to the model (its greedy continuation "
-                          "never begins with the object); trace other facts or pass known_only=False")
+        raise ConfigError(
+            f"none of the {len(all_facts)} facts is known to the model (its greedy continuation "
+            "never begins with the object); trace other facts or pass known_only=False"
+        )
     traces = []
     with progress_bar("causal tracing", len(chosen), progress) as advance:
         for i, f in chosen:
-            tr = trace_fact(model, tokenizer, f, noise=noise, kinds=kinds, samples=samples, window=window,
-                            seed=fact_seed(seed, i), max_rows=max_rows, anatomy=anatomy)
+            tr = trace_fact(
+                model,
+                tokenizer,
+                f,
+                noise=noise,
+                kinds=kinds,
+                samples=samples,
+                window=window,
+                seed=fact_seed(seed, i),
+                max_rows=max_rows,
+                anatomy=anatomy,
+            )
             traces.append(tr)
             advance(status=f"{tr.seconds:.1f} s/fact")
     summary = summarize(traces, noise)
@@ -592,4 +719,3 @@ def causal_trace(
 def fact_seed(seed: int, index: int) -> int:
     """The noise seed of fact ``index`` in ``causal_trace``."""
     return seed * 1_000_003 + index
-

@@ -1,4 +1,4 @@
-"""Causal-tracing heatmaps in the ROME paper's style (matplotlib Agg), and the files ``editscale trace`` writes.
+"""Causal-tracing heatmaps in the ROME paper's style (matplotlib Agg); the files ``editscale trace`` writes.
 
 - ``trace_{kind}.png``: the average indirect effect over the traced facts, token rows grouped as the paper's
   Figure 2 (first / middle / last subject token, first subsequent token, further tokens, last token), layers
@@ -23,12 +23,23 @@ import numpy as np
 from editscale.trace.causal import GROUPS, FactTrace, TraceSummary
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
-TITLES = {"hidden": "single restored layer", "mlp": "center of interval of {w} restored MLP layers",
-          "attn": "center of interval of {w} restored attention layers"}
+TITLES = {
+    "hidden": "single restored layer",
+    "mlp": "center of interval of {w} restored MLP layers",
+    "attn": "center of interval of {w} restored attention layers",
+}
 
 
-def _heatmap(values: np.ndarray, labels: list[str], kind: str, window: int, title: str, cbar: str,
-             path: Path, vmin: float | None = None) -> Path:
+def _heatmap(
+    values: np.ndarray,
+    labels: list[str],
+    kind: str,
+    window: int,
+    title: str,
+    cbar: str,
+    path: Path,
+    vmin: float | None = None,
+) -> Path:
     rows, n_layers = values.shape
     fig, ax = plt.subplots(figsize=(3.2 + 0.09 * n_layers, 0.6 + 0.24 * rows), dpi=110)
     masked = np.ma.masked_invalid(values)
@@ -59,17 +70,21 @@ def plot_average(summary: TraceSummary, kind: str, path: Path, model_name: str =
 
 def plot_fact(trace: FactTrace, kind: str, path: Path) -> Path:
     """One fact's trace for one kind: P(answer) with each (token, layer) state restored."""
-    labels = [repr(t)[1:-1] + ("*" if trace.subject_range[0] <= i < trace.subject_range[1] else "")
-              for i, t in enumerate(trace.tokens)]
+    labels = [
+        repr(t)[1:-1] + ("*" if trace.subject_range[0] <= i < trace.subject_range[1] else "")
+        for i, t in enumerate(trace.tokens)
+    ]
     probs = trace.effects[kind] + trace.p_corrupted
     text = trace.fact.text if len(trace.fact.text) <= 60 else trace.fact.text[:57] + "..."
     title = f"restoring {kind}\n{text}"
-    return _heatmap(probs, labels, kind, trace.window, title, f"p({trace.answer.strip()!r})", path,
-                    vmin=trace.p_corrupted)
+    return _heatmap(
+        probs, labels, kind, trace.window, title, f"p({trace.answer.strip()!r})", path, vmin=trace.p_corrupted
+    )
 
 
-def write_outputs(summary: TraceSummary, out_dir: str | Path, *, model_name: str = "",
-                  single_facts: int = 3) -> list[Path]:
+def write_outputs(
+    summary: TraceSummary, out_dir: str | Path, *, model_name: str = "", single_facts: int = 3
+) -> list[Path]:
     """Write the average heatmaps, ``single_facts`` single-fact heatmaps per kind, and ``trace.json``."""
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -78,9 +93,19 @@ def write_outputs(summary: TraceSummary, out_dir: str | Path, *, model_name: str
         written += [plot_fact(tr, k, out / f"fact{i}_{k}.png") for k in summary.kinds]
     data = summary.to_json()
     data["model"] = model_name
-    data["facts"] = [{"case_id": t.fact.case_id, "prompt": t.fact.text, "subject": t.fact.subject,
-                      "object": t.fact.object, "answer": t.answer, "p_clean": t.p_clean,
-                      "p_corrupted": t.p_corrupted, "seconds": t.seconds} for t in summary.facts]
+    data["facts"] = [
+        {
+            "case_id": t.fact.case_id,
+            "prompt": t.fact.text,
+            "subject": t.fact.subject,
+            "object": t.fact.object,
+            "answer": t.answer,
+            "p_clean": t.p_clean,
+            "p_corrupted": t.p_corrupted,
+            "seconds": t.seconds,
+        }
+        for t in summary.facts
+    ]
     path = out / "trace.json"
     path.write_text(json.dumps(data, indent=1) + "\n")
     return [*written, path]
