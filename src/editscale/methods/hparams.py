@@ -237,8 +237,14 @@ class FtHparams(HparamsBase):
     steps: PositiveInt = 25
     norm_constraint: PositiveFloat | None = 5e-5  # L-inf bound on the change; None: unbounded
     weight_decay: NonNegativeFloat = 0.0  # Adam's L2 term on the whole weight, as the reference code
-    early_stop: NonNegativeFloat = 1e-2  # stop once the mean loss is below this
+    # stop once the mean loss is below this; as the reference, a batch whose loss is already below it takes
+    # no optimiser step (an edit the model already satisfies does not move the weights)
+    early_stop: NonNegativeFloat = 1e-2
     batch_size: PositiveInt = 64  # prompts per optimiser step
+    # what is tuned: the layer's MLP output matrix (the ROME paper's FT-L, its rewrite_module mlp.c_proj /
+    # fc_out), or every parameter of the layer's block (the MEMIT repository's GPT-J FT-W, rewrite_module
+    # transformer.h.{layer})
+    scope: Literal["matrix", "block"] = "matrix"
 
 
 class FtWHparams(FtHparams):
@@ -246,6 +252,7 @@ class FtWHparams(FtHparams):
 
     norm_constraint: PositiveFloat | None = None
     weight_decay: NonNegativeFloat = 5e-4
+    scope: Literal["matrix", "block"] = "block"  # as the reference's FT-W: the whole block
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -325,31 +332,42 @@ def default_layers(method: str, n_layers: int, manifest: dict[str, Any] | None =
     """Edited layers when none are given: the testbed manifest's, else GPT-J's choice scaled to the depth
     (ROME at 5/28 of the depth, MEMIT over 3/28 to 8/28)."""
     memit_like = method.startswith(SPREAD_METHODS)
+    top = max(0, n_layers - 2)  # the last block's output at the subject position reaches nothing
     if manifest is not None:
         key = "memit_layers" if memit_like else "rome_layer"
         if key in manifest:
             value = manifest[key]
             return sorted(int(x) for x in value) if isinstance(value, list) else [int(value)]
     if memit_like:
-        first = round(n_layers * 3 / 28)
-        last = max(first, min(n_layers - 1, round(n_layers * 8 / 28)))
+        first = min(top, round(n_layers * 3 / 28))
+        last = max(first, min(top, round(n_layers * 8 / 28)))
         return list(range(first, last + 1))
-    return [min(n_layers - 1, round(n_layers * 5 / 28))]
+    return [min(top, round(n_layers * 5 / 28))]
 
 
 GPTJ_KEY_DIM = 16_384
 
 
+STATS_KEY_MULTIPLE = 10  # statistics from 10x the key width in key vectors (bench/bench_stats_quality.py)
+
+
 def scaled_defaults(cls: type[HparamsBase], kind: str, model: nn.Module, anatomy: Anatomy) -> dict[str, Any]:
-    """For models without a preset (generic): MEMIT's lambda scaled to the key width.
+    """For models without a preset (generic): MEMIT's lambda scaled to the key width, and statistics from
+    ``STATS_KEY_MULTIPLE`` x the key width in key vectors (texts drawn at random).
 
     lambda weighs the preserved keys (lambda C) against the new ones (K^T K); a typical key has
     k^T C^-1 k = key width, so GPT-J's balance (15,000 at width 16,384) is kept by scaling lambda with the width.
+    On SmolLM2-135M, ROME's single edits from 2x the key width on scored as from 300,000 key vectors (and 10x
+    put u = C^-1 k within 0.44 of its large-sample direction), where the papers' 100,000 texts would take hours.
     """
-    scaled = "mom2_update_weight" in cls.model_fields and getattr(cls, "width_scaled_lambda", True)
-    if kind != "generic" or not scaled:
+    if kind != "generic":
         return {}
-    return {"mom2_update_weight": round(15_000 * anatomy.key_dim(model) / GPTJ_KEY_DIM, 1)}
+    out: dict[str, Any] = {}
+    if "mom2_n_tokens" in cls.model_fields:
+        out.update(mom2_n_texts=None, mom2_n_tokens=STATS_KEY_MULTIPLE * anatomy.key_dim(model))
+    if "mom2_update_weight" in cls.model_fields and getattr(cls, "width_scaled_lambda", True):
+        out["mom2_update_weight"] = round(15_000 * anatomy.key_dim(model) / GPTJ_KEY_DIM, 1)
+    return out
 
 
 def resolve_hparams(
@@ -392,4 +410,10 @@ def resolve_hparams(
     if bad:
         raise ConfigError(f"{cls.__name__}: field '{field}': layer {bad[0]} does not exist; the model has "
                           f"layers 0-{n_layers - 1}")
+    edits_at = hp.layers if "layers" in type(hp).model_fields else [hp.layer]
+    if not method.startswith("ft-") and n_layers - 1 in edits_at:
+        raise ConfigError(
+            f"{cls.__name__}: field '{field}': layer {n_layers - 1} is the model's last, where nothing after the "
+            "edited position reads the subject (the target has no gradient there); choose layers below "
+            f"{n_layers - 1}")
     return hp
