@@ -309,7 +309,7 @@ def test_ft_l_respects_its_bound_and_ft_w_does_not_need_one(tok, texts):
     d = editor(model, tok, "ft-l", texts, norm_constraint=eps, lr=1e-2).compute(requests())
     (u,) = d.updates.values()
     assert u.dense is not None and float(u.matrix().abs().max()) <= eps * (1 + 1e-6)
-    d = editor(model, tok, "ft-w", texts, lr=1e-2).compute(requests())
+    d = editor(model, tok, "ft-w", texts, lr=1e-2, scope="matrix").compute(requests())
     (u,) = d.updates.values()
     assert float(u.matrix().abs().max()) > eps
 
@@ -357,14 +357,14 @@ def test_presets_and_default_layers(tmp_path):
     assert default_layers("memit", 48)[-1] - default_layers("memit", 48)[0] >= 4
     assert default_layers("rome", 4, {"rome_layer": 2}) == [2]
     assert default_layers("memit", 4, {"memit_layers": [1, 0]}) == [0, 1]
-    d = saved_model(tmp_path / "m", manifest={"rome_layer": 2, "memit_layers": [0, 1]})
+    d = saved_model(tmp_path / "m", manifest={"rome_layer": 1, "memit_layers": [0, 1]})
     from editscale.model.loading import load_model
 
     model, _tok, anatomy = load_model(str(d))
-    assert resolve_hparams("rome", RomeHparams, model, anatomy).layer == 2
-    assert resolve_hparams("ft-l", FtHparams, model, anatomy).layer == 2
+    assert resolve_hparams("rome", RomeHparams, model, anatomy).layer == 1
+    assert resolve_hparams("ft-l", FtHparams, model, anatomy).layer == 1
     assert resolve_hparams("memit", MemitHparams, model, anatomy).layers == [0, 1]
-    assert resolve_hparams("memit", MemitHparams, model, anatomy, {"layers": [2]}).layers == [2]
+    assert resolve_hparams("memit", MemitHparams, model, anatomy, {"layers": [0]}).layers == [0]
 
 
 def test_presets_are_data_files_found_by_the_model_config():

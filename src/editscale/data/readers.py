@@ -70,6 +70,7 @@ def read_counterfact(rec: dict[str, Any]) -> EditCase:
         neighborhood_prompts=_strs(rec, "neighborhood_prompts"),
         attribute_prompts=_strs(rec, "attribute_prompts"),
         generation_prompts=_strs(rec, "generation_prompts"),
+        reference_texts=_strs(rec, "reference_texts"),
     )
 
 
@@ -130,6 +131,7 @@ def read_native(rec: dict[str, Any]) -> EditCase:
         paraphrase_prompts=_strs(rec, "paraphrase_prompts"),
         neighborhood_prompts=_strs(rec, "neighborhood_prompts"),
         neighborhood_target=rec.get("neighborhood_target"),
+        reference_texts=_strs(rec, "reference_texts"),
     )
 
 
@@ -229,6 +231,7 @@ def load_cases(spec: str | Path, limit: int | None = None, skip_invalid: bool = 
         raise DataLoadError(f"{spec!r} is a testbed name, not a records file: load it with "
                             "editscale.names.load_cases, which builds the testbed if needed")
     return read_records(spec, limit, skip_invalid)
+
 
 def read_known(rec: dict[str, Any]) -> Fact:
     """ROME's known-facts record (``known_1000.json``): ``prompt`` (subject filled in), ``subject``,
