@@ -6,7 +6,7 @@ scalable-model-editing/knowledge-editing-regularization): MEMIT's loop (``memit.
   i.e. ``memit_solve`` with C replaced by w C + l_u I + K_p^T K_p (K_p accumulated in the ``EditState``);
 - most-probable early stopping (MPES) of the target optimisation: a request stops once every token of its new
   target is the argmax in every one of its prefixed prompts (``v_stop_on: argmax`` in ``targets.py``, the
-  default here), so z is no larger than it needs to be.
+  default here), for the ``v_argmax_hits``-th time, so z is no larger than it needs to be.
 
 What the reference code does that the paper leaves out (``encore/encore_main.py``, ``encore/compute_z.py``,
 ``hparams/ENCORE/*.json``): l_u (``update_norm_lambda``) = 10 for GPT-2 XL and Llama-2-7B, 20 for Llama-3-8B,
@@ -17,9 +17,11 @@ XL, 3 for Llama-2, 2 for Llama-3; the counter is never reset), checks every prom
 ``log_probs[1:]`` drops the first rewriting prompt under a comment that says it drops the KL prompt), and keeps
 the loss < 5e-2 stop as well.
 
-Where editscale differs: MPES stops at the first step at which the target is the argmax in every prompt, the
-bare one included (the paper's definition), and only then; the earlier keys live in the ``EditState``, which
-the runner checkpoints, instead of a module-level cache that a restart loses; the solve is in float64.
+Where editscale differs: ``v_argmax_hits`` is the reference's |prob_cutoff| (counted the same way), 1 by
+default (the paper's "stop once the target is the most probable") and the reference's count in the GPT-2 XL
+and Llama presets; every prompt is checked, the bare one included, and the loss stop is not added; the
+earlier keys live in the ``EditState``, which the runner checkpoints, instead of a module-level cache that a
+restart loses; the solve is in float64.
 """
 
 from __future__ import annotations

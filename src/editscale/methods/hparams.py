@@ -134,6 +134,9 @@ class TargetHparams(HparamsBase):
     # "argmax": once every new-target token is the argmax in every prefixed prompt (ENCORE's most-probable
     # early stopping; v_early_stop is then unused)
     v_stop_on: Literal["loss", "nll", "argmax"] = "loss"
+    # with "argmax": stop at the N-th step at which the target is the argmax everywhere (counted, not
+    # necessarily in a row: ENCORE's reference, whose prob_cutoff -N gives 4 for GPT-2 XL, 2-3 for Llama)
+    v_argmax_hits: PositiveInt = 1
     target_batch: PositiveInt = 64  # requests optimised together (memory bound only; results are the same)
     # norm anchoring (NAS, SasyaTitech/NAS; see methods/norm_anchor.py): each solved value vector v* (the MLP
     # output at the last subject token plus its delta) is rescaled to a fixed norm of the unedited model: the

@@ -127,7 +127,9 @@ class Memit(EditMethod):
         return lambda layer, keys, resid: memit_solve(keys, resid, covs[layer], hp.mom2_update_weight)
 
     def remember(self, state: EditState, written: dict[int, torch.Tensor]) -> None:
-        """What the method keeps of this call's keys for later calls: nothing for MEMIT."""
+        """What the method keeps of this call's keys for later calls: nothing for MEMIT. ``compute`` records
+        it, as a sequential run wants (the runner applies every computed Delta, or puts back its snapshot of
+        the state when the guard refuses one)."""
 
     def prepare(self, ctx: EditContext) -> None:
         """What the method computes once from the unedited model: the norm anchor, when it is on."""

@@ -468,6 +468,7 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
     final_loss = torch.zeros(n_req, device=device)
     final_nll = torch.zeros(n_req, device=device)
     steps = torch.zeros(n_req, dtype=torch.long, device=device)
+    hits = torch.zeros(n_req, dtype=torch.long, device=device)  # steps so far with the target the argmax
 
     with frozen_eval(model):
         prefix_kv = lay.prefix_cache(model)
@@ -505,8 +506,9 @@ def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp
             with torch.no_grad():
                 final_loss[active] = loss[active]
                 final_nll[active] = nll[active]
-            if hp.v_stop_on == "argmax":  # ENCORE's most-probable early stopping
-                still = active & ~hit
+            if hp.v_stop_on == "argmax":  # ENCORE's most-probable early stopping, at the v_argmax_hits-th hit
+                hits += (active & hit).long()
+                still = active & (hits < hp.v_argmax_hits)
             else:
                 crit = loss if hp.v_stop_on == "loss" else nll
                 still = active & (crit.detach() >= hp.v_early_stop)
