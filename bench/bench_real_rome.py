@@ -29,6 +29,7 @@ os.environ.setdefault("EDITSCALE_PROGRESS", "0")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TARGET_S = 5.0  # 1,000 edits in 2 hours
 PARTS = ("keys", "targets", "solve", "scoring")
+SCORED = tuple(f"{m}{s}" for m in ("efficacy", "paraphrase", "neighborhood") for s in ("", "_magnitude"))
 
 
 class Clock:
@@ -84,8 +85,7 @@ def run_edits(editor, cases, clock: Clock) -> list[dict]:
             with clock.part("edit"):
                 delta = editor.edit([case])
             with clock.part("scoring"):
-                res = evaluate_cases(editor.model, editor.tokenizer, [case],
-                                     metrics=("efficacy", "paraphrase", "neighborhood")).summary()
+                res = evaluate_cases(editor.model, editor.tokenizer, [case], metrics=SCORED).summary()
             delta.revert(editor.model)
             out.append({**res, "steps": delta.info["target_steps"][0]})
     finally:
@@ -155,7 +155,7 @@ def main() -> None:
         edit = (clock.cpu["edit"] + clock.cpu["scoring"]) / n
         per_edit[label] = edit + extra
         steps = sum(s["steps"] for s in scores) / n
-        mean = {k: sum(s[k] for s in scores) / n for k in ("efficacy", "paraphrase", "neighborhood")}
+        mean = {k: sum(s[k] for s in scores) / n for k in SCORED}
         print(f"\n[{label}] per edit, CPU s (wall s):")
         for part in PARTS:
             print(f"  {part:<10} {clock.cpu[part] / n:7.2f}  ({clock.wall[part] / n:.2f})")
@@ -163,8 +163,7 @@ def main() -> None:
         print(f"  {'other':<10} {other:7.2f}  (applying the update, prefix cache lookups)")
         print(f"  {'edit+score':<10} {edit:7.2f}  ({(clock.wall['edit'] + clock.wall['scoring']) / n:.2f})")
         print(f"  {'re-checks':<10} {extra:7.2f}  (every 10 edits, all earlier edits, spread over 1,000 edits)")
-        print(f"  mean target steps {steps:.1f}; efficacy {mean['efficacy']:.2f}, paraphrase {mean['paraphrase']:.2f}, "
-              f"neighborhood {mean['neighborhood']:.2f}")
+        print(f"  mean target steps {steps:.1f}; " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items()))
     if "plain" in per_edit:
         print(f"\nspeed-up of the fast path over the plain one: {per_edit['plain'] / per_edit['fast']:.2f}x")
     total_h = per_edit["fast"] * 1000 / 3600

@@ -293,10 +293,11 @@ class Preset:
 
 @cache
 def presets() -> dict[str, Preset]:
-    """Every preset file of the package, by name."""
+    """Every preset file of the package, by name. A file with ``base: OTHER`` starts from OTHER's values,
+    method by method and field by field, and overrides or adds its own."""
     import yaml
 
-    out = {}
+    out, bases = {}, {}
     for entry in sorted(resources.files("editscale.methods").joinpath(PRESET_DIR).iterdir(),
                         key=lambda e: e.name):
         if not entry.name.endswith(".yaml"):
@@ -306,7 +307,15 @@ def presets() -> dict[str, Preset]:
         match = data.pop("match", None)
         if not isinstance(match, dict) or not match or set(match) - _MATCH_KEYS:
             raise ConfigError(f"preset {entry.name}: 'match' must be a mapping of {sorted(_MATCH_KEYS)}")
+        bases[name] = data.pop("base", None)
         out[name] = Preset(name, match, {k: dict(v or {}) for k, v in data.items()})
+    for name, base in bases.items():
+        if base is not None:
+            if base not in out or bases[base] is not None:
+                raise ConfigError(f"preset {name}.yaml: base {base!r} must be a preset without a base of its own")
+            own = out[name].methods
+            merged = {m: {**out[base].methods.get(m, {}), **own.get(m, {})} for m in {*out[base].methods, *own}}
+            out[name] = Preset(name, out[name].match, merged)
     return out
 
 
