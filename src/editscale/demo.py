@@ -12,7 +12,8 @@ from editscale.experiment.runner import resume, run_experiment
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.report.html import write_report
 
-DEMO_METHODS = ("rome", "r-rome", "memit", "ft-l")
+# ROME and, beside it, AlphaEdit (a method built to resist forgetting), then r-ROME, MEMIT and FT-L
+DEMO_METHODS = ("rome", "alphaedit", "r-rome", "memit", "ft-l")
 
 
 def demo_config(method: str, edits: int) -> RunConfig:
