@@ -53,6 +53,7 @@ from editscale.cli import (
     evaluate,  # noqa: F401
     models,  # noqa: F401
     run,  # noqa: F401
+    sweep,  # noqa: F401
     testbed,  # noqa: F401
     trace,  # noqa: F401
 )

@@ -87,6 +87,9 @@ class RunConfig(_Strict):
     eval_batch_size: int = Field(64, ge=1)
     dtype: str | None = None
     device: str | None = None
+    # a model larger than one device: "auto" (or a JSON mapping of module -> device) spreads it over the
+    # devices through accelerate; edits and solves follow each edited weight's device
+    device_map: str | dict[str, str | int] | None = None
     threads: int | None = Field(None, ge=1)  # torch CPU threads (default: torch's); a resume uses the run's
     checkpoint: bool = True  # write a checkpoint at every re-check point (needed for --resume)
     # per-edit metrics scored for each new edit (editscale.eval.metrics; default: all declared). Forgetting
@@ -136,7 +139,10 @@ class RunConfig(_Strict):
         return "skills" if testbed else "sst2,mrpc,rte,cola"
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        out = self.model_dump(mode="json")
+        if out["device_map"] is None:  # unset, it is left out: the configs (and hashes) of earlier runs stand
+            del out["device_map"]
+        return out
 
 
 def parse_config(data: Any, source: str = "run config") -> RunConfig:
@@ -158,20 +164,24 @@ def parse_config(data: Any, source: str = "run config") -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML run config."""
+def read_yaml(path: str | Path, what: str = "run config") -> Any:
+    """A YAML file's content; a one-line ``ConfigError`` (naming ``what``) when it is missing or unreadable."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"run config {p} " + ("is a directory, not a file" if p.is_dir() else "does not exist"))
+        raise ConfigError(f"{what} {p} " + ("is a directory, not a file" if p.is_dir() else "does not exist"))
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
-        raise ConfigError(f"run config {p} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+        raise ConfigError(f"{what} {p} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    return parse_config(data, source=str(p))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config."""
+    return parse_config(read_yaml(path), source=str(Path(path)))
 
 
 def sample_cases(cases: list[EditCase], n: int, seed: int, unique: str = "subject") -> list[EditCase]:

@@ -173,7 +173,8 @@ class _Run:
 
         self.cfg, self.run_dir, self.cases, self.progress = cfg, run_dir, cases, progress
         self.schedule = Schedule.of(cfg)
-        self.model, self.tok, self.anatomy = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        self.model, self.tok, self.anatomy = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                                         device_map=cfg.device_map)
         self.fingerprint = fingerprint(self.model)
         # statistics and context prefixes come from the unedited model, also when a resume starts
         self.editor = Editor(self.model, self.tok, cfg.method.name, cfg.method.hparams or None, seed=cfg.seed,

@@ -1,0 +1,524 @@
+"""Grids of sequential-editing runs: ``run_sweep(GRID, out_dir)``, on Ray where it is installed.
+
+A grid file is a run config (the keys of ``editscale run``) with a ``grid:`` mapping whose values are lists;
+every combination is one cell, an ordinary run directory ``out_dir/CELL`` with its own store and checkpoints::
+
+    model: testbed:demo
+    data: testbed:demo
+    edits: 100
+    forget_every: 10
+    grid:
+      method: [rome, memit]           # or {name: memit, hparams: {...}} entries
+      seed: [0, 1, 2, 3]
+      method.hparams.layer: [0, 1]    # a dotted key reaches inside a field
+    sweep:                            # optional: how the cells run
+      gpus: 0                         # GPUs per cell (default: 1 where the cell's device is cuda, else 0)
+      retries: 2                      # a cell that crashes is retried from its last checkpoint
+
+Every cell is validated exactly as ``editscale run`` validates a config, before anything runs; a bad grid key or
+value is a one-line ``ConfigError``. A cell without ``threads`` gets ``threads: 1``: a cell asks its scheduler
+for as many CPUs as it has threads, and its run uses that many (not all cores each).
+
+Cell directories are named from the cell's values (``rome_seed-0``); ``sweep.json`` in ``out_dir`` holds the
+grid and the cells (``editscale report out_dir`` reads it). Re-running a sweep skips complete cells and resumes
+interrupted ones from their last checkpoint (``rundir.run_state``); a cell of another config under a cell's name
+is refused before anything runs. One sweep process at a time per ``out_dir`` (``rundir.RunLock``).
+
+Backends: ``ray`` (``pip install 'editscale[ray]'``) runs cells as Ray tasks with resource requests (``num_cpus``
+= the cell's threads, ``num_gpus``), on a local Ray started here or on a cluster at ``address``; ``local`` runs
+them one after another in this process. ``auto`` is Ray where it is installed.
+
+Nothing here imports torch at module level: a bad grid answers at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from editscale.errors import ConfigError, EditscaleError, RunInUseError, RunStateError, config_error
+from editscale.experiment.config import RunConfig, _Strict, parse_config, read_yaml
+from editscale.experiment.rundir import DB_FILE, RunLock, check_free, config_hash, run_state
+
+SWEEP_FILE = "sweep.json"
+SWEEP_VERSION = 1
+GROUP_OUT = ("seed",)  # grid keys a report averages over (the rest name a group: a method, a model, ...)
+Backend = Literal["auto", "ray", "local"]
+RAY_HINT = "pip install 'editscale[ray]'"
+
+
+class SweepOptions(_Strict):
+    """How the cells of a sweep run (the grid file's ``sweep:`` mapping)."""
+
+    gpus: float | None = Field(None, ge=0)  # per cell; None: 1 where the cell's device is cuda, else 0
+    retries: int = Field(2, ge=0)  # a crashed cell is retried (from its last checkpoint) this many times
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of the grid's values: a run config and the run directory's name."""
+
+    name: str
+    values: dict[str, Any]  # grid key -> this cell's value
+    config: RunConfig
+    group: str  # the cell's values other than the seed: what a report averages seeds within
+
+    @property
+    def threads(self) -> int:
+        return self.config.threads or 1
+
+    def gpus(self, options: SweepOptions) -> float:
+        if options.gpus is not None:
+            return options.gpus
+        return 1.0 if (self.config.device or "").startswith("cuda") or self.config.device_map else 0.0
+
+    def manifest(self) -> dict[str, Any]:
+        cfg = self.config.to_dict()
+        return {"name": self.name, "group": self.group, "values": self.values, "config": cfg,
+                "config_sha256": config_hash(cfg)}
+
+
+@dataclass(frozen=True)
+class Grid:
+    source: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    options: SweepOptions
+    cells: list[Cell]
+
+
+# --- the grid file ------------------------------------------------------------------------------------------
+def _short(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)[:60]
+
+
+def _slug(value: Any) -> str:
+    """A short, file-name-safe text for a grid value; a hash of it where the text would lose information."""
+    if isinstance(value, dict) and isinstance(value.get("name"), str):  # a method entry
+        rest = {k: v for k, v in value.items() if k != "name"}
+        named = _slug(value["name"])
+        return named if not any(rest.values()) else f"{named}-{_digest(rest)}"
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-.")
+    if not slug or len(slug) > 40 or isinstance(value, dict | list) or slug != text:
+        slug = (slug[:24].strip("-.") + "-" if slug else "") + _digest(value)
+    return slug
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def _set_path(cfg: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """``cfg[a][b][c] = value`` for the key ``a.b.c`` (a method given by name becomes ``{name: ...}``)."""
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif isinstance(child, str) and part == "method" and i == 0:
+            child = {"name": child}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{source} grid key {key!r}: {'.'.join(parts[:i + 1])} is {_short(child)}, "
+                              "not a mapping a dotted key can reach into")
+        else:
+            child = dict(child)
+        node[part] = child
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _check_grid(grid: Any, base: dict[str, Any], source: str) -> dict[str, list[Any]]:
+    if grid is None:
+        raise ConfigError(f"{source} has no 'grid:' mapping of run config keys to lists of values (a single run "
+                          "is `editscale run CONFIG`)")
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{source} field 'grid' must map run config keys to lists of values, e.g. "
+                          "'grid: {method: [rome, memit], seed: [0, 1]}'")
+    fields = list(RunConfig.model_fields)
+    for key, values in grid.items():
+        if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"{source} grid key {key!r} is not a run config key")
+        top = key.split(".")[0]
+        if top not in RunConfig.model_fields:
+            raise ConfigError(f"{source} grid key {key!r}: {top!r} is not a run config field; known: "
+                              f"{', '.join(fields)}")
+        if top == key and key in base:
+            raise ConfigError(f"{source} grid key {key!r} is also set outside 'grid:'; keep one of the two")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source} grid key {key!r} must be a non-empty list of values (got {_short(values)})")
+        seen = set()
+        for v in values:
+            text = json.dumps(v, sort_keys=True, default=str)
+            if text in seen:
+                raise ConfigError(f"{source} grid key {key!r} lists {_short(v)} twice")
+            seen.add(text)
+    keys = list(grid)
+    for a, b in itertools.permutations(keys, 2):
+        if b.startswith(a + "."):
+            raise ConfigError(f"{source} grid keys {a!r} and {b!r} overlap; grid one of them")
+    return {k: list(v) for k, v in grid.items()}
+
+
+def _names(keys: list[str], combos: list[tuple[Any, ...]]) -> tuple[list[str], list[str]]:
+    """Directory names and group labels of the cells: ``rome_seed-0``; the method key shows its value alone."""
+    def method_name(value: Any) -> Any:
+        return value.get("name") if isinstance(value, dict) else value
+
+    methods = [method_name(c[keys.index("method")]) for c in combos] if "method" in keys else []
+    by_name = len(set(methods)) == len({json.dumps(c[keys.index("method")], sort_keys=True) for c in combos}) \
+        if methods else False  # each method once: its name alone says which
+
+    def part(key: str, value: Any) -> str:
+        if key == "method":
+            return _slug(method_name(value) if by_name else value)
+        return f"{key.split('.')[-1]}-{_slug(value)}"
+
+    names, groups = [], []
+    for combo in combos:
+        parts = [part(k, v) for k, v in zip(keys, combo)]
+        names.append("_".join(parts))
+        groups.append("_".join(p for k, p in zip(keys, parts) if k not in GROUP_OUT) or "all")
+    for name in {n for n in names if names.count(n) > 1}:  # two values with the same text: add a hash
+        for i, n in enumerate(names):
+            if n == name:
+                names[i] = f"{n}_{_digest(list(combos[i]))}"
+    return names, groups
+
+
+def parse_grid(data: Any, source: str = "grid file") -> Grid:
+    """Validate a grid file's mapping and expand it into cells; ``ConfigError`` (one line) on the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping: a run config with a 'grid:' of lists")
+    base = dict(data)
+    grid = _check_grid(base.pop("grid", None), base, source)
+    try:
+        options = SweepOptions.model_validate(base.pop("sweep", None) or {})
+    except ValidationError as e:
+        raise config_error(f"{source} sweep", e) from None
+    keys = list(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys)))
+    names, groups = _names(keys, combos)
+    cells = []
+    for name, group, combo in zip(names, groups, combos):
+        cfg = copy.deepcopy(base)
+        for key, value in zip(keys, combo):
+            _set_path(cfg, key, value, source)
+        cfg.setdefault("threads", 1)
+        cells.append(Cell(name, dict(zip(keys, combo)), parse_config(cfg, source=f"{source} cell {name}"), group))
+    return Grid(source, base, grid, options, cells)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a YAML grid file."""
+    return parse_grid(read_yaml(path, "grid file"), source=str(Path(path)))
+
+
+# --- the sweep directory ------------------------------------------------------------------------------------
+def is_sweep_dir(path: str | Path) -> bool:
+    return (Path(path) / SWEEP_FILE).is_file()
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / SWEEP_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunStateError(f"{out_dir} is not a sweep directory (no {SWEEP_FILE}); start one with "
+                            "`editscale sweep GRID --out DIR`") from None
+    except (OSError, ValueError) as e:
+        raise RunStateError(f"{path} cannot be read ({e}); the sweep directory is damaged") from None
+    if manifest.get("version") != SWEEP_VERSION or not isinstance(manifest.get("cells"), list):
+        raise RunStateError(f"{path} is not a sweep manifest this editscale version reads")
+    return manifest
+
+
+def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    tmp = out_dir / f".{SWEEP_FILE}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+    os.replace(tmp, out_dir / SWEEP_FILE)
+
+
+def check_cells(grid: Grid, out_dir: str | Path) -> dict[str, str]:
+    """Before anything runs: each cell's directory state (``new``, ``resume``, ``complete``); a cell directory
+    holding a run of another config (or a sweep manifest naming the cell with another config) is a one-line
+    ``RunStateError``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunStateError(f"--out {out} is a file, not a sweep directory")
+    if out.is_dir() and not is_sweep_dir(out) and (out / DB_FILE).is_file():
+        raise RunStateError(f"{out} is a run directory, not a sweep directory; choose another --out")
+    old = {c["name"]: c.get("config_sha256") for c in read_manifest(out)["cells"]} if is_sweep_dir(out) else {}
+    states = {}
+    for cell in grid.cells:
+        sha = config_hash(cell.config.to_dict())
+        if cell.name in old and old[cell.name] != sha:
+            raise RunStateError(f"{out} holds a sweep whose cell {cell.name} has another config; choose another "
+                                "--out, or give the grid that sweep ran")
+        states[cell.name] = run_state(out / cell.name, cell.config.to_dict())
+    return states
+
+
+@dataclass
+class CellStatus:
+    name: str
+    state: str  # done, running, failed, interrupted, pending
+    edits: int  # edits stored so far
+    total: int
+    error: str | None = None
+
+
+def cell_status(out_dir: str | Path, name: str, total: int, failures: dict[str, str] | None = None) -> CellStatus:
+    """A cell's state now, from its directory: ``done`` (complete), ``running`` (a process holds its lock),
+    ``failed`` (the sweep gave up on it), ``interrupted`` (results, not complete), ``pending`` (nothing yet)."""
+    from editscale.experiment.store import RunStore
+
+    run_dir = Path(out_dir) / name
+    edits, status = 0, None
+    if (run_dir / DB_FILE).is_file():
+        try:
+            with RunStore.in_dir(run_dir, readonly=True) as store:
+                status, edits = store.meta().get("status"), store.n_edits_done()
+        except Exception:  # noqa: BLE001 - a store being set up or written at this moment: ask again later
+            status = "running"
+    try:
+        check_free(run_dir)
+        locked = False
+    except RunInUseError:
+        locked = True
+    error = (failures or {}).get(name)
+    if status == "complete":
+        state = "done"
+    elif locked:
+        state = "running"
+    elif error is not None:
+        state = "failed"
+    else:
+        state = "interrupted" if status is not None else "pending"
+    return CellStatus(name, state, edits, total, error)
+
+
+def sweep_status(out_dir: str | Path) -> list[CellStatus]:
+    """Every cell of the sweep in ``out_dir`` with its state and edits done."""
+    manifest = read_manifest(out_dir)
+    failures = manifest.get("failures", {})
+    return [cell_status(out_dir, c["name"], c["config"]["edits"], failures) for c in manifest["cells"]]
+
+
+def status_line(statuses: list[CellStatus]) -> str:
+    """``cells: 3/8 done, 2 running (rome_seed-1 at edit 37/100, ...), 1 failed, 2 pending``."""
+    by: dict[str, list[CellStatus]] = {}
+    for s in statuses:
+        by.setdefault(s.state, []).append(s)
+    parts = [f"cells: {len(by.get('done', []))}/{len(statuses)} done"]
+    if running := by.get("running"):
+        parts.append(f"{len(running)} running (" + ", ".join(f"{s.name} at edit {s.edits}/{s.total}"
+                                                               for s in running) + ")")
+    for state in ("failed", "interrupted", "pending"):
+        if by.get(state):
+            parts.append(f"{len(by[state])} {state}")
+    return ", ".join(parts)
+
+
+# --- running ------------------------------------------------------------------------------------------------
+def run_cell(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """One cell, in whatever process runs it (this one, or a Ray worker): the run with the cell's thread count,
+    continuing the run directory's run where there is one. Returns ``{"summary": ...}``, or ``{"error": ...}``
+    for a problem a retry cannot fix (an ``EditscaleError``); anything else raises (and is retried)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        cfg = parse_config(config)
+        from editscale import threads
+
+        threads.apply(cfg.threads or 1)
+        from editscale.experiment.runner import run_experiment
+
+        return {"summary": run_experiment(cfg, run_dir, progress=False)}
+    except EditscaleError as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    backend: str
+    statuses: list[CellStatus] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CellStatus]:
+        return [s for s in self.statuses if s.state != "done"]
+
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: str | None = None,
+              max_parallel: int | None = None, backend: Backend = "auto", ray_init: dict[str, Any] | None = None,
+              progress: bool | None = None, say: Callable[[str], None] | None = _say,
+              poll_seconds: float = 5.0) -> SweepResult:
+    """Run every cell of ``grid`` into ``out_dir/CELL``: complete cells are skipped, interrupted ones resumed.
+
+    ``backend``: ``ray`` (Ray tasks; ``ray.init(address)``, or a local Ray with ``ray_init`` arguments), ``local``
+    (one after another in this process) or ``auto`` (Ray where installed). ``max_parallel`` caps the cells
+    running at once. ``say`` receives progress lines (cells done / running with their current edit / failed).
+    Returns every cell's final state; cells that failed after their retries are listed in ``sweep.json``."""
+    from editscale.cache import check_writable, refuse_inside_cache
+
+    g = grid if isinstance(grid, Grid) else parse_grid(grid) if isinstance(grid, dict) else load_grid(grid)
+    if max_parallel is not None and max_parallel < 1:
+        raise ConfigError("--max-parallel must be at least 1")
+    if backend == "auto":
+        backend = "ray" if ray_available() else "local"
+    if backend == "ray" and not ray_available():
+        raise ConfigError(f"Ray is not installed: {RAY_HINT}, or run the cells one after another without --address")
+    if backend == "local" and address is not None:
+        raise ConfigError("--address needs Ray: " + RAY_HINT)
+    out = Path(out_dir)
+    refuse_inside_cache(out, "sweep directory")
+    check_writable(out, "sweep directory")
+    say = say or (lambda _m: None)
+    with RunLock(out):
+        states = check_cells(g, out)
+        out.mkdir(parents=True, exist_ok=True)
+        old = read_manifest(out) if is_sweep_dir(out) else {}
+        manifest = {"version": SWEEP_VERSION, "source": g.source, "base": g.base, "grid": g.grid,
+                    "options": g.options.model_dump(mode="json"), "group_out": list(GROUP_OUT),
+                    "created": old.get("created", datetime.now(UTC).isoformat(timespec="seconds")),
+                    "cells": [c.manifest() for c in g.cells], "failures": {}}
+        _write_manifest(out, manifest)
+        todo = [c for c in g.cells if states[c.name] != "complete"]
+        if len(todo) < len(g.cells):
+            say(f"{len(g.cells) - len(todo)} of {len(g.cells)} cells are complete; "
+                f"{sum(states[c.name] == 'resume' for c in todo)} to resume, "
+                f"{sum(states[c.name] == 'new' for c in todo)} to start")
+        failures: dict[str, str] = {}
+        if todo:
+            if backend == "ray":
+                failures = _run_ray(g, todo, out, address, max_parallel, ray_init, say, poll_seconds)
+            else:
+                if not ray_available():
+                    say(f"Ray is not installed: running the {len(todo)} cells one after another in this process "
+                        f"({RAY_HINT} runs them in parallel)")
+                failures = _run_local(g, todo, out, progress, say)
+        manifest["failures"] = failures
+        _write_manifest(out, manifest)
+        statuses = [cell_status(out, c.name, c.config.edits, failures) for c in g.cells]
+        say(status_line(statuses))
+    return SweepResult(out, backend, statuses)
+
+
+def _run_local(g: Grid, todo: list[Cell], out: Path, progress: bool | None,
+               say: Callable[[str], None]) -> dict[str, str]:
+    from editscale.experiment.runner import run_experiment
+    from editscale.model.loading import torch_threads
+
+    failures = {}
+    for i, cell in enumerate(todo, 1):
+        say(f"cell {i}/{len(todo)}: {cell.name}")
+        for attempt in range(g.options.retries + 1):
+            try:
+                with torch_threads(cell.threads):
+                    run_experiment(cell.config, out / cell.name, progress=progress)
+                failures.pop(cell.name, None)
+                break
+            except EditscaleError as e:  # a retry would not help
+                failures[cell.name] = f"{type(e).__name__}: {e}"
+                break
+            except Exception as e:  # noqa: BLE001 - a crash: retried from the cell's last checkpoint
+                failures[cell.name] = f"{type(e).__name__}: {e}".splitlines()[0]
+                if attempt < g.options.retries:
+                    say(f"cell {cell.name} failed ({failures[cell.name]}); retrying from its last checkpoint")
+        if cell.name in failures:
+            say(f"cell {cell.name} failed: {failures[cell.name]}")
+    return failures
+
+
+def _init_ray(address: str | None, ray_init: dict[str, Any] | None) -> bool:
+    """Connect to Ray (a cluster at ``address``, else a local one started here); True when we started it."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.WARNING, "configure_logging": True}
+    if address is None:
+        kwargs["object_store_memory"] = 200 * 1024**2  # cells pass configs and summaries, nothing large
+    kwargs.update(ray_init or {})
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as e:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+    return True
+
+
+def _run_ray(g: Grid, todo: list[Cell], out: Path, address: str | None, max_parallel: int | None,
+             ray_init: dict[str, Any] | None, say: Callable[[str], None], poll_seconds: float) -> dict[str, str]:
+    import ray
+
+    started = _init_ray(address, ray_init)
+    try:
+        task = ray.remote(run_cell)
+        cluster = ray.cluster_resources()
+        say(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; {len(todo)} cells"
+            + (f", at most {max_parallel} at once" if max_parallel else ""))
+        for cell in todo:
+            if cell.threads > cluster.get("CPU", 0) or cell.gpus(g.options) > cluster.get("GPU", 0):
+                raise ConfigError(f"cell {cell.name} asks for {cell.threads} CPUs and {cell.gpus(g.options):g} GPUs; "
+                                  f"the Ray cluster has {cluster.get('CPU', 0):g} and {cluster.get('GPU', 0):g}")
+        queue = list(todo)
+        running: dict[Any, Cell] = {}
+        failures: dict[str, str] = {}
+        last_line, last_time = "", 0.0
+        while queue or running:
+            while queue and (max_parallel is None or len(running) < max_parallel):
+                cell = queue.pop(0)
+                ref = task.options(num_cpus=cell.threads, num_gpus=cell.gpus(g.options),
+                                   max_retries=g.options.retries, retry_exceptions=True,
+                                   name=f"editscale-cell:{cell.name}").remote(cell.config.to_dict(),
+                                                                             str(out / cell.name))
+                running[ref] = cell
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=poll_seconds)
+            for ref in ready:
+                cell = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - the task failed after its retries
+                    result = {"error": f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[-1]}
+                if "error" in result:
+                    failures[cell.name] = result["error"]
+                    say(f"cell {cell.name} failed: {result['error']}")
+            statuses = [cell_status(out, c.name, c.config.edits, failures) for c in g.cells]
+            line = status_line(statuses)
+            if (queue or running) and (line != last_line or time.monotonic() - last_time > 60):
+                say(line)
+                last_line, last_time = line, time.monotonic()
+        return failures
+    finally:
+        if started:
+            ray.shutdown()
