@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from edit_helpers import small
@@ -57,12 +58,17 @@ def grid_file(tmp_path_factory, tiny_testbed) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(grid_file, tmp_path_factory) -> dict[str, dict[str, list]]:
+def reference_dir(grid_file, tmp_path_factory) -> Path:
     """The uninterrupted sweep, in-process."""
     out = tmp_path_factory.mktemp("reference") / "sweep"
     result = run_sweep(grid_file, out, backend="local", progress=False, say=None)
     assert [s.state for s in result.statuses] == ["done"] * 4 and not result.failed
-    return dumps(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir) -> dict[str, dict[str, list]]:
+    return dumps(reference_dir)
 
 
 def test_grid_expands_into_cells_validated_as_run_configs():
@@ -202,3 +208,28 @@ def test_ray_sweep_killed_part_way_and_rerun_matches_uninterrupted(grid_file, re
     assert "Ray: " in err and "cells: 4/4 done" in err
     assert dumps(out) == reference
     assert json.loads((out / SWEEP_FILE).read_text())["failures"] == {}
+
+
+def test_band_is_mean_min_max_over_the_series_measured_at_each_x():
+    from editscale.report.sweep import band
+
+    x, mean, lo, hi, n = band([(np.array([1, 2, 3]), np.array([0.0, 1.0, 2.0])),
+                               (np.array([1, 2]), np.array([2.0, np.nan]))])
+    assert x.tolist() == [1, 2, 3] and mean.tolist() == [1.0, 1.0, 2.0]
+    assert lo.tolist() == [0.0, 1.0, 2.0] and hi.tolist() == [2.0, 1.0, 2.0] and n.tolist() == [2, 1, 1]
+
+
+def test_report_of_a_sweep_averages_seeds_with_a_band_and_links_the_cells(reference_dir, tmp_path, cli):
+    code, out, err = cli("report", reference_dir, "--out", tmp_path / "report", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    page = Path(result["report"])
+    assert {Path(p).name for p in result["plots"]} >= {"sweep_proficiency.png", "sweep_forgetting.png"}
+    text = page.read_text()
+    assert "band from their minimum to their maximum (min-max over seeds)" in text
+    assert "<h3>rome</h3>" in text and "<h3>ft-l</h3>" in text and "<th>sd</th>" in text
+    for cell in CELLS:  # every cell's own report, linked
+        assert f'<a href="cells/{cell}/report.html">{cell}</a>' in text
+        assert (tmp_path / "report" / "cells" / cell / "report.html").is_file()
+    code, _, err = cli("report", reference_dir, reference_dir / "rome_seed-0", "--out", tmp_path / "r2")
+    assert code == 2 and "a sweep directory is reported alone" in err

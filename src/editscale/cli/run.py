@@ -87,24 +87,36 @@ def run_command(
 
 @app.command("report")
 def report_command(
-    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (overlaid).")],
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="One or more run directories (overlaid), or one sweep directory.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the plots and report.html "
                                                                  "(default: RUN_DIR/report).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Plots in the paper's style (runs overlaid) and one HTML page with a summary table. The runs are only
-    read (a run on read-only storage needs --out elsewhere)."""
+    read (a run on read-only storage needs --out elsewhere). A sweep directory (`editscale sweep`): each
+    method's curves averaged over its seeds with a min-max band, a table per method with the spread, and links
+    to every cell's report."""
     from editscale.cache import check_writable, refuse_inside_cache
     from editscale.experiment.store import RunStore
+    from editscale.experiment.sweep import is_sweep_dir
 
-    for run_dir in run_dirs:  # every run readable before anything is drawn
+    sweep = len(run_dirs) == 1 and is_sweep_dir(run_dirs[0])
+    if any(is_sweep_dir(d) for d in run_dirs) and not sweep:
+        raise ConfigError("a sweep directory is reported alone: `editscale report SWEEP_DIR`")
+    for run_dir in run_dirs if not sweep else []:  # every run readable before anything is drawn
         RunStore.in_dir(run_dir, readonly=True).close()
     target = out if out is not None else run_dirs[0] / "report"
     refuse_inside_cache(target, "report folder")
     check_writable(target, "report folder" if out is not None else "report folder (give --out to write elsewhere)")
-    from editscale.report.html import write_report
+    if sweep:  # mean curves over the seeds with a band, a table per method, links to the cells' reports
+        from editscale.report.sweep import write_sweep_report
 
-    page = write_report(run_dirs, out)
+        page = write_sweep_report(run_dirs[0], out)
+    else:
+        from editscale.report.html import write_report
+
+        page = write_report(run_dirs, out)
     if json_out:
         print_json({"report": str(page), "plots": sorted(str(p) for p in page.parent.glob("*.png"))})
     else:
