@@ -94,6 +94,11 @@ class EditContext:
     def device(self) -> torch.device:
         return model_device(self.model)
 
+    def weight_device(self, layer: int) -> torch.device:
+        """The device of layer ``layer``'s edited matrix: statistics and solves for it live there (a model
+        spread over devices with a device map keeps its layers on several)."""
+        return self.anatomy.weight_param(self.model, layer).device
+
     @property
     def model_dir(self) -> Path | None:
         return model_dir(self.model)
@@ -116,8 +121,8 @@ class EditContext:
         return self._corpora[key]
 
     def second_moments(self, layers: list[int], hp: StatsHparams) -> dict[int, torch.Tensor]:
-        """E[k k^T] (k, k) for ``layers``, on the model's device in float32/float64 as ``hp.mom2_dtype``:
-        from memory, else the disk cache, else computed for all missing layers in one pass."""
+        """E[k k^T] (k, k) for ``layers``, each on its layer's edited matrix's device, in float32/float64 as
+        ``hp.mom2_dtype``: from memory, else the disk cache, else computed for all missing layers in one pass."""
         corpus = self.corpus(hp.mom2_corpus)
         spec = self._moment_spec(hp)
         missing = [layer for layer in layers if (layer, *spec) not in self._moments]
@@ -127,7 +132,7 @@ class EditContext:
                                  batch_size=hp.mom2_batch_size, cache=self.stats_cache,
                                  fingerprint=self.fingerprint, progress=self.progress)
             for layer, m in got.items():
-                self._moments[(layer, *spec)] = m.matrix.to(self.device)
+                self._moments[(layer, *spec)] = m.matrix.to(self.weight_device(layer))
         return {layer: self._moments[(layer, *spec)] for layer in layers}
 
     def _moment_spec(self, hp: StatsHparams) -> tuple:

@@ -122,7 +122,7 @@ def add_at(
         v = vectors() if callable(vectors) else vectors
         rows = torch.arange(h.shape[0], device=h.device)
         h = h.clone()
-        h[rows, positions.to(h.device)] = h[rows, positions.to(h.device)] + v.to(h.dtype)
+        h[rows, positions.to(h.device)] = h[rows, positions.to(h.device)] + v.to(device=h.device, dtype=h.dtype)
         return _replace_main(output, h)
 
     handle = model.get_submodule(name).register_forward_hook(hook)

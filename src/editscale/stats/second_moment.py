@@ -299,7 +299,9 @@ def compute_second_moments(
     device = next(model.parameters()).device
     max_length = min(max_length, _max_positions(model))
     dim = anatomy.key_dim(model, layers[0])
-    acc = {layer: torch.zeros(dim, dim, dtype=dtype, device=device) for layer in layers}
+    # each layer's sum on its edited matrix's device (a model spread over devices: not always the first)
+    acc = {layer: torch.zeros(dim, dim, dtype=dtype, device=anatomy.weight_param(model, layer).device)
+           for layer in layers}
     max_tokens, max_texts = sample.n_tokens or 1 << 62, sample.n_texts or 1 << 62
     count = n_texts = 0
     was_training = model.training
@@ -315,7 +317,8 @@ def compute_second_moments(
                 mask = batch.attention_mask.bool()
                 take = min(int(mask.sum()), max_tokens - count)
                 for layer, name in names.items():
-                    _add_outer(acc[layer], got[name][mask][:take].to(dtype))
+                    keys = got[name][mask.to(got[name].device)][:take]
+                    _add_outer(acc[layer], keys.to(device=acc[layer].device, dtype=dtype))
                 starts = mask.sum(1).cumsum(0) - mask.sum(1)  # where each text's keys begin among the batch's
                 used = int((starts < take).sum())  # texts with at least one key taken
                 count += take
