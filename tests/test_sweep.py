@@ -4,6 +4,7 @@ of an uninterrupted one. Tiny runs on testbed:tiny: 2 methods x 2 seeds x 6 edit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -134,16 +135,23 @@ def test_local_sweep_retries_a_crashed_cell_from_its_checkpoint_and_reruns_skip(
             raise KeyboardInterrupt
         return crash_once(self, u)
 
+    from editscale.experiment import sweep
+
     lines: list[str] = []
     out = tmp_path / "sweep"
     monkeypatch.setattr(runner._Run, "step", interrupt)
+    monkeypatch.setattr(sweep, "ray_available", lambda: False)  # as without the ray extra
+    with pytest.raises(ConfigError, match="--address needs Ray"):
+        run_sweep(grid_file, out, address="head:6379", say=None)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(grid_file, out, backend="local", progress=False, say=lines.append)
+        run_sweep(grid_file, out, backend="auto", progress=False, say=lines.append)
+    assert lines[0] == ("Ray is not installed: running the 4 cells one after another in this process "
+                        "(pip install 'editscale[ray]' runs them in parallel)")
+    monkeypatch.undo()  # the real step, and Ray as installed
     assert crashes == [5] and any("ft-l_seed-0 failed (RuntimeError: simulated crash); retrying" in x for x in lines)
     states = {s.name: (s.state, s.edits) for s in sweep_status(out)}
     assert states == {"rome_seed-0": ("done", 6), "rome_seed-1": ("done", 6), "ft-l_seed-0": ("done", 6),
                       "ft-l_seed-1": ("interrupted", 2)}
-    monkeypatch.setattr(runner._Run, "step", step)
     code, _, err = cli("sweep", grid_file, "--out", out, "--local")
     assert code == 0, err
     assert "3 of 4 cells are complete; 1 to resume, 0 to start" in err and "cells: 4/4 done" in err
@@ -171,7 +179,19 @@ def _sweep_process(grid_file: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "EDITSCALE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "EDITSCALE_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "editscale", "sweep", str(grid_file), "--out", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group: Ray's processes join it
+                            start_new_session=True)  # its own session: Ray's processes join it
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the session (Ray's workers have process groups of their own)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after the state, ppid, pgrp: the session
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
 
 
 def _edits(run_dir: Path) -> int:
@@ -191,7 +211,7 @@ def test_ray_sweep_killed_part_way_and_rerun_matches_uninterrupted(grid_file, re
         assert proc.poll() is None, f"the sweep ended before it could be killed: {proc.communicate()[1]}"
         assert time.monotonic() < deadline, "timed out waiting for a cell's edits"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, Ray's processes and the workers running cells
+    _kill_session(proc.pid)  # the driver, Ray's processes and the workers running cells
     proc.wait()
     for cell in CELLS:  # the killed workers' locks are gone with them
         for _ in range(100):
@@ -205,7 +225,8 @@ def test_ray_sweep_killed_part_way_and_rerun_matches_uninterrupted(grid_file, re
     again = _sweep_process(grid_file, out)
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
-    assert "Ray: " in err and "cells: 4/4 done" in err
+    assert "Ray (a local Ray started for this sweep)" in err and "cells: 4/4 done" in err
+    assert "to resume" in err and " 0 to resume" not in err  # the killed cells continue from their checkpoints
     assert dumps(out) == reference
     assert json.loads((out / SWEEP_FILE).read_text())["failures"] == {}
 

@@ -22,7 +22,10 @@ for as many CPUs as it has threads, and its run uses that many (not all cores ea
 Cell directories are named from the cell's values (``rome_seed-0``); ``sweep.json`` in ``out_dir`` holds the
 grid and the cells (``editscale report out_dir`` reads it). Re-running a sweep skips complete cells and resumes
 interrupted ones from their last checkpoint (``rundir.run_state``); a cell of another config under a cell's name
-is refused before anything runs. One sweep process at a time per ``out_dir`` (``rundir.RunLock``).
+is refused before anything runs. One sweep process at a time per ``out_dir`` (``rundir.RunLock``). Ray's workers
+run in process groups of their own: a sweep process killed alone (not its whole session) may leave workers that
+finish their cells; a re-run meanwhile reports such a cell as in use by another process, and the next one finds
+it complete.
 
 Backends: ``ray`` (``pip install 'editscale[ray]'``) runs cells as Ray tasks with resource requests (``num_cpus``
 = the cell's threads, ``num_gpus``), on a local Ray started here or on a cluster at ``address``; ``local`` runs
@@ -410,7 +413,7 @@ def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: s
                     "cells": [c.manifest() for c in g.cells], "failures": {}}
         _write_manifest(out, manifest)
         todo = [c for c in g.cells if states[c.name] != "complete"]
-        if len(todo) < len(g.cells):
+        if any(states[c.name] != "new" for c in g.cells):
             say(f"{len(g.cells) - len(todo)} of {len(g.cells)} cells are complete; "
                 f"{sum(states[c.name] == 'resume' for c in todo)} to resume, "
                 f"{sum(states[c.name] == 'new' for c in todo)} to start")
@@ -466,8 +469,8 @@ def _init_ray(address: str | None, ray_init: dict[str, Any] | None) -> bool:
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "logging_level": logging.WARNING, "configure_logging": True}
-    if address is None:
-        kwargs["object_store_memory"] = 200 * 1024**2  # cells pass configs and summaries, nothing large
+    if address is None:  # a private Ray for this sweep: quiet, and small (cells pass configs and summaries)
+        kwargs.update(object_store_memory=200 * 1024**2, logging_level=logging.ERROR)
     kwargs.update(ray_init or {})
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
@@ -485,7 +488,8 @@ def _run_ray(g: Grid, todo: list[Cell], out: Path, address: str | None, max_para
     try:
         task = ray.remote(run_cell)
         cluster = ray.cluster_resources()
-        say(f"Ray: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; {len(todo)} cells"
+        where = f"the cluster at {address}" if address else "a local Ray started for this sweep"
+        say(f"Ray ({where}): {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; {len(todo)} cells"
             + (f", at most {max_parallel} at once" if max_parallel else ""))
         for cell in todo:
             if cell.threads > cluster.get("CPU", 0) or cell.gpus(g.options) > cluster.get("GPU", 0):
