@@ -1,12 +1,14 @@
 """What editscale's cache holds, and keeping it sound: ``editscale cache list|verify|clean``.
 
-The cache (``editscale.cache.cache_root()``) keeps three kinds of entry, each written by its builder only:
+The cache (``editscale.cache.cache_root()``) keeps four kinds of entry, each written by its builder only:
 
 - ``testbed/NAME-SPECHASH``: a testbed model (``editscale testbed build``), its testbed manifest and its files
   manifest (``cache.FILES_MANIFEST``: size and sha256 of every file) written last;
 - ``models/NAME``: a GGUF model converted to a model directory, its conversion manifest and files manifest;
 - ``stats/mom2_L*_KEY.safetensors``: one second-moment matrix, its key and sha256 in the file's own metadata
-  (written whole, by a rename).
+  (written whole, by a rename);
+- ``mend/FINGERPRINT-KEY``: a trained MEND editor (``editscale mend train``) for the model of that
+  fingerprint, its manifest (``editscale_mend.json``) and files manifest.
 
 An entry's state: ``complete``; ``complete, no file hashes`` (built by an older editscale; ``verify`` gives it
 a manifest once its safetensors files are checked whole); ``damaged`` (a size or, when verified, a hash that
@@ -34,12 +36,13 @@ from editscale.errors import ConfigError
 from editscale.model.gguf import MANIFEST_FILE as GGUF_MANIFEST
 from editscale.model.loading import MANIFEST_FILE as TESTBED_MANIFEST
 
-KINDS = {"testbed": TESTBED_MANIFEST, "models": GGUF_MANIFEST}
+# (MEND's manifest name is editscale.methods.mend.MANIFEST_FILE, spelt out here: listing imports no torch)
+KINDS = {"testbed": TESTBED_MANIFEST, "models": GGUF_MANIFEST, "mend": "editscale_mend.json"}
 
 
 @dataclass
 class Entry:
-    kind: str  # testbed, model, stats
+    kind: str  # testbed, model, stats, mend
     name: str  # testbed:tiny, smollm2-135m, the statistics file's name
     path: Path
     state: str  # complete, complete (no file hashes), damaged, incomplete, building

@@ -51,6 +51,7 @@ from editscale.cli import (
     downstream,  # noqa: F401
     edit,  # noqa: F401
     evaluate,  # noqa: F401
+    mend,  # noqa: F401
     models,  # noqa: F401
     run,  # noqa: F401
     sweep,  # noqa: F401

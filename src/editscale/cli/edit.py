@@ -21,7 +21,8 @@ from editscale.cli import app
 from editscale.cli.common import print_json
 from editscale.errors import ConfigError
 
-MethodOpt = Annotated[str, typer.Option("--method", help="rome, r-rome, memit, emmet, alphaedit, encore, ft-l or ft-w.")]
+MethodOpt = Annotated[str, typer.Option("--method", help="rome, r-rome, memit, emmet, alphaedit, encore, "
+                                                        "ft-l, ft-w or mend.")]
 HparamsOpt = Annotated[Path | None, typer.Option("--hparams", help="YAML file of hyperparameter overrides.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="One hyperparameter override KEY=VALUE "
                                                                   "(VALUE in YAML, e.g. layers=[1,2]); repeatable.")]
@@ -49,6 +50,17 @@ def parse_overrides(hparams: Path | None, sets: list[str] | None) -> dict[str, A
         except yaml.YAMLError:
             raise ConfigError(f"--set {key.strip()}: {value!r} is not a valid YAML value") from None
     return out
+
+
+def load_edit_cases(method: str | None, data: str, limit: int | None, skip_invalid: bool = False) -> list:
+    """The first ``limit`` records of ``data`` that ``method`` may edit: all, except a method's own training
+    records (MEND's editor trains on part of a testbed world: ``EditMethod.holds_out``)."""
+    from editscale.methods.base import get_method_class
+    from editscale.names import load_cases
+
+    if method is not None and get_method_class(method).holds_out(data):
+        return get_method_class(method).held_out_cases(load_cases(data, skip_invalid=skip_invalid))[:limit]
+    return load_cases(data, limit=limit, skip_invalid=skip_invalid)
 
 
 def make_editor(model, tok, method: str, hparams: Path | None, sets: list[str] | None, corpus: str | None,
@@ -202,13 +214,13 @@ def edit_command(
 ) -> None:
     """Edit facts in MODEL and print the probabilities of the new and true objects before and after."""
     from editscale.data.records import EditCase, EditRequest
-    from editscale.names import load_cases, load_model
+    from editscale.names import load_model
     from editscale.progress import progress
 
     if data is not None:
         if prompt or subject or target:
             raise ConfigError("give either --data or --prompt/--subject/--target, not both")
-        cases = load_cases(data, limit=limit)
+        cases = load_edit_cases(method, data, limit)
     else:
         missing = [n for n, v in (("--prompt", prompt), ("--subject", subject), ("--target", target)) if not v]
         if missing:

@@ -8,7 +8,7 @@ import typer
 
 from editscale.cli import app
 from editscale.cli.common import print_json, print_scores
-from editscale.cli.edit import CorpusOpt, HparamsOpt, SeedOpt, SetOpt, StatsDirOpt
+from editscale.cli.edit import CorpusOpt, HparamsOpt, SeedOpt, SetOpt, StatsDirOpt, load_edit_cases
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="testbed:tiny, testbed:demo, smollm2-135m, "
                                                                "gemma-3-270m (editscale models), a .gguf file, a "
@@ -29,7 +29,8 @@ def eval_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     method: Annotated[str | None, typer.Option(help="Also edit: each record (or batch) with this method "
                                                      "(rome, r-rome, memit, emmet, alphaedit, encore, ft-l, "
-                                                     "ft-w) on the unedited model, scored, then reverted.")] = None,
+                                                     "ft-w, mend) on the unedited model, scored, then "
+                                                     "reverted.")] = None,
     batch: Annotated[int, typer.Option(help="With --method: records per edit (MEMIT: one batched edit).",
                                        min=1)] = 1,
     hparams: HparamsOpt = None,
@@ -45,9 +46,9 @@ def eval_command(
     post-edit scores are printed.
     """
     from editscale.eval.counterfact import evaluate_cases
-    from editscale.names import load_cases, load_model
+    from editscale.names import load_model
 
-    cases = load_cases(data, limit=limit, skip_invalid=skip_invalid)
+    cases = load_edit_cases(method, data, limit, skip_invalid)  # without MEND's training records
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
     if method is not None:
         from editscale.api import evaluate_edits

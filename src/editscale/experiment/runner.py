@@ -393,9 +393,11 @@ def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *
         if state == "resume":
             return _resume(run_dir, progress)
         clean_setups(run_dir)
+        from editscale.methods.base import usable_cases
         from editscale.names import load_cases
 
-        cases = sample_cases(load_cases(cfg.data), cfg.edits, cfg.seed, cfg.unique)
+        cases = sample_cases(usable_cases(cfg.method.name, cfg.data, load_cases(cfg.data)), cfg.edits, cfg.seed,
+                             cfg.unique)
         with torch_threads(cfg.threads):
             run = _Run(cfg, run_dir, cases, progress)
             run.create_store()

@@ -167,6 +167,17 @@ class EditMethod:
         """Compute, on the unedited model, what the method derives from it once (AlphaEdit's projectors, a
         norm anchor); ``Editor.prepare`` calls it before the first edit. Nothing by default."""
 
+    @classmethod
+    def holds_out(cls, data: str) -> bool:
+        """Whether some records of ``data`` (a records spec) are the method's own training data, to be left
+        out of its edits (MEND's editor trains on part of a testbed world). False by default."""
+        return False
+
+    @classmethod
+    def held_out_cases(cls, cases: list) -> list:
+        """The cases the method may edit when ``holds_out``: all by default."""
+        return cases
+
 
 _REGISTRY: dict[str, type[EditMethod]] = {}
 
@@ -189,6 +200,13 @@ def get_method_class(name: str) -> type[EditMethod]:
     return _REGISTRY[name]
 
 
+def usable_cases(method: str, data: str, cases: list) -> list:
+    """The cases of ``data`` that ``method`` may edit (runs, eval and edit leave out a method's training
+    records: ``EditMethod.holds_out``)."""
+    cls = get_method_class(method)
+    return cls.held_out_cases(cases) if cls.holds_out(str(data)) else cases
+
+
 def _load_builtin_methods() -> None:
     import importlib
 
@@ -199,5 +217,5 @@ def _load_builtin_methods() -> None:
 # modules that register the built-in methods when imported
 BUILTIN_METHOD_MODULES: list[str] = ["editscale.methods.rome", "editscale.methods.memit", "editscale.methods.ft",
                                      "editscale.methods.emmet", "editscale.methods.alphaedit",
-                                     "editscale.methods.encore"]
+                                     "editscale.methods.encore", "editscale.methods.mend"]
 

@@ -343,6 +343,8 @@ SPREAD_METHODS = ("memit", "alphaedit", "encore")  # default to the MEMIT layers
 def default_layers(method: str, n_layers: int, manifest: dict[str, Any] | None = None) -> list[int]:
     """Edited layers when none are given: the testbed manifest's, else GPT-J's choice scaled to the depth
     (ROME at 5/28 of the depth, MEMIT over 3/28 to 8/28)."""
+    if method == "mend":  # the reference's inner_params: the last 3 blocks (GPT-2 XL 45-47, GPT-J 25-27)
+        return list(range(max(0, n_layers - 3), n_layers))
     memit_like = method.startswith(SPREAD_METHODS)
     top = max(0, n_layers - 2)  # the last block's output at the subject position reaches nothing
     if manifest is not None:
@@ -423,7 +425,8 @@ def resolve_hparams(
         raise ConfigError(f"{cls.__name__}: field '{field}': layer {bad[0]} does not exist; the model has "
                           f"layers 0-{n_layers - 1}")
     edits_at = hp.layers if "layers" in type(hp).model_fields else [hp.layer]
-    if not method.startswith("ft-") and n_layers - 1 in edits_at:
+    # gradient-based methods (FT, MEND) read every position's gradient, so the last layer is theirs too
+    if not method.startswith(("ft-", "mend")) and n_layers - 1 in edits_at:
         raise ConfigError(
             f"{cls.__name__}: field '{field}': layer {n_layers - 1} is the model's last, where nothing after the "
             "edited position reads the subject (the target has no gradient there); choose layers below "

@@ -39,6 +39,14 @@ class Anatomy:
     def mlp_out_name(self, i: int) -> str:
         return f"{self.layers}.{i}.{self.mlp_out}"
 
+    def mlp_matrix_name(self, i: int, which: str) -> str:
+        """Layer i's MLP matrix module: ``"in"`` (its output feeds the nonlinearity), ``"out"`` (the one ROME
+        edits) or ``"gate"`` (gated MLPs only). All of a family's MLP matrices face the same way."""
+        rel = {"in": self.mlp_in, "out": self.mlp_out, "gate": self.mlp_gate}.get(which)
+        if rel is None:
+            raise UnsupportedModelError(f"the {self.family} anatomy has no MLP matrix {which!r}")
+        return f"{self.layers}.{i}.{rel}"
+
     def mlp_name(self, i: int) -> str:
         """Layer i's whole MLP module (its output is what the MLP adds to the residual stream)."""
         return f"{self.layers}.{i}.{self.mlp_out.rsplit('.', 1)[0]}"
