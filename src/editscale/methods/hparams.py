@@ -343,8 +343,10 @@ SPREAD_METHODS = ("memit", "alphaedit", "encore")  # default to the MEMIT layers
 def default_layers(method: str, n_layers: int, manifest: dict[str, Any] | None = None) -> list[int]:
     """Edited layers when none are given: the testbed manifest's, else GPT-J's choice scaled to the depth
     (ROME at 5/28 of the depth, MEMIT over 3/28 to 8/28)."""
-    if method == "mend":  # the reference's inner_params: the last 3 blocks (GPT-2 XL 45-47, GPT-J 25-27)
-        return list(range(max(0, n_layers - 3), n_layers))
+    if method == "mend":  # the reference's inner_params: the last 3 blocks (GPT-2 XL 45-47, GPT-J 25-27); on a
+        # testbed model the 3 below its last, which writes the relation's object for every subject (testbed.yaml)
+        top = n_layers - (manifest is not None and n_layers > 1)
+        return list(range(max(0, top - 3), top))
     memit_like = method.startswith(SPREAD_METHODS)
     top = max(0, n_layers - 2)  # the last block's output at the subject position reaches nothing
     if manifest is not None:

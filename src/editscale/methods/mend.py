@@ -30,6 +30,9 @@ Where this differs, and why:
 
 - the update is subtracted (gradient descent, lr_W starting positive); the reference adds ``lr x g`` and
   lets training turn lr_W's sign;
+- on a testbed model the default layers are the 3 blocks below the last (demo: 0-2 of 4), not the last 3: the
+  last block writes the relation's object for every subject, and editing it cost most of the neighborhood
+  score (``presets/testbed.yaml``);
 - only the shared, combined editor (the reference's defaults ``shared``/``combine``); no one-sided variants;
 - the running statistics are updated for a whole edit's tokens at once (Chan's parallel update) instead of
   one token at a time: the same mean and variance up to rounding;
@@ -87,7 +90,7 @@ class MendHparams(HparamsBase):
     """MEND: the edited matrices, the editor network and its training. Class defaults: the reference's
     (config/alg/mend.yaml and config.yaml, the same for GPT-2 XL and GPT-J)."""
 
-    layers: list[int] | None = None  # None: the last 3 blocks, as the reference's inner_params
+    layers: list[int] | None = None  # None: the last 3 blocks, as the reference's inner_params (testbed: below)
     matrices: list[Literal["in", "out", "gate"]] = Field(default_factory=lambda: ["out", "in"])  # Llama: gate too
     rank: PositiveInt = 1920  # of each editor layer's U V (capped at its width)
     n_hidden: NonNegativeInt = 1  # editor layers with a relu before the last one
