@@ -5,6 +5,7 @@ and a resumed run are exact; a model without an editor gets a one-line error."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -134,6 +135,25 @@ def test_edit_then_revert_is_exact_and_training_subjects_are_refused(tiny, world
         mend_editor.compute(world[0][:1])
 
 
+def test_the_editor_is_pinned_in_the_method_state(tiny, world, trained, mend_editor):
+    """A newer editor for the model does not change a started run: the state (checkpointed) names its own."""
+    model, tok = tiny
+    first = mend_editor.compute(world[1][:1])
+    hp = mend_editor.hparams.updated(seed=1)
+    train_and_save(mend_editor.context, world[0], hp, model_name="testbed:tiny", data={"spec": "testbed:tiny"},
+                   steps=4, progress=False)
+    newer = Editor(model, tok, "mend", FAST, stats_cache=None)
+    newer.compute(world[1][:1])
+    assert newer.method.network(newer.context)[1]["path"] != str(trained[1])  # a fresh run takes the newest
+    resumed = Editor(model, tok, "mend", FAST, stats_cache=None, state=mend_editor.state)
+    again = resumed.compute(world[1][:1])
+    assert resumed.method.network(resumed.context, None)[1]["path"] == str(trained[1])
+    assert all(torch.equal(first.updates[p].matrix(), again.updates[p].matrix()) for p in first.updates)
+    for path in trained[0].iterdir():  # leave the module's cache with its first editor only
+        if path.is_dir() and path != trained[1]:
+            shutil.rmtree(path)
+
+
 def test_a_model_without_an_editor_gets_one_line(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(mend_module, "editor_root", lambda: tmp_path / "empty")
     model, tok = tiny
@@ -164,6 +184,10 @@ def test_cli_train_eval_and_a_resumed_run(tiny_testbed, tmp_path, cli, monkeypat
                           "3", "--set", f"editor={out}", *sets, "--json")
     assert code == 0, err
     assert json.loads(text)["n"] == 3
+    code, text, err = cli("edit", "--model", tiny_testbed, "--method", "mend", "--data", "testbed:tiny", "--limit", "2",
+                          "--set", f"editor={out}", *sets, "--json")
+    assert code == 0, err
+    assert [is_training_subject(e["subject"]) for e in json.loads(text)["edits"]] == [False, False]
     code, _, err = cli("mend", "train", "--model", tiny_testbed, "--data", "testbed:tiny", "--out", out)
     assert code == 2 and "already exists" in err
     cfg = {"model": str(tiny_testbed), "method": {"name": "mend", "hparams": {**FAST, "editor": str(out)}},

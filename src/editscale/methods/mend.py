@@ -49,7 +49,9 @@ Where this differs, and why:
 The trained editor is a cache entry of its own, ``$EDITSCALE_HOME/mend/FINGERPRINT-KEY`` (the model's
 fingerprint; KEY hashes the training settings), never beside a cached model; ``editscale mend train --out
 DIR`` writes elsewhere instead (then edit with ``editor: DIR``). Its manifest (``MANIFEST_FILE``) records the
-model fingerprint, the data and its size, steps, hyperparameters, versions and the final losses.
+model fingerprint, the data and its size, steps, hyperparameters, versions and the final losses. The method
+state holds the sha256 of the editor's weights from the first edit on, so a resumed run (whose checkpoints keep
+the state) uses the editor it started with, whatever has been trained since.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ if TYPE_CHECKING:
 
 MANIFEST_FILE = "editscale_mend.json"  # a trained editor's manifest (editscale.cache_entries lists them)
 WEIGHTS_FILE = "mend.safetensors"
+STATE_KEY = "mend_editor_sha256"  # the method state: the sha256 of the editor's weights, as bytes
 SPLIT = 5  # 1 in SPLIT subjects of a testbed world trains the editor; runs and evaluation edit the rest
 
 
@@ -300,11 +303,16 @@ class Mend(EditMethod):
         """The cases of a testbed world whose subject the editor did not train on."""
         return [c for c in cases if not is_training_subject(c.request.subject)]
 
-    def network(self, ctx: EditContext) -> tuple[MendNetwork, dict[str, Any]]:
-        """The trained editor for the context's (unedited) model, loaded once."""
-        if self._loaded is None or self._loaded[0] != ctx.fingerprint:
-            path = find_editor(ctx, self.hparams)
+    def network(self, ctx: EditContext, digest: str | None = None) -> tuple[MendNetwork, dict[str, Any]]:
+        """The trained editor for the context's (unedited) model, loaded once; with ``digest``, the one whose
+        weights have that sha256 (the editor a run started with)."""
+        loaded = self._loaded
+        if loaded is None or loaded[0] != ctx.fingerprint or digest not in (None, loaded[2]["weights_sha256"]):
+            path = find_editor(ctx, self.hparams, digest)
             net, manifest = load_editor(path, ctx.fingerprint)
+            if digest not in (None, manifest["weights_sha256"]):
+                raise ConfigError(f"MEND editor {path} is not the one this run started with (weights sha256 "
+                                  f"{digest[:12]}...); resume with that one")
             self._loaded = (ctx.fingerprint, net.to(ctx.device), manifest)
         return self._loaded[1], self._loaded[2]
 
@@ -312,7 +320,12 @@ class Mend(EditMethod):
         self.network(ctx)
 
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest | EditCase], state: EditState) -> Delta:
-        net, manifest = self.network(ctx)
+        # the editor is pinned in the method state (checkpointed): a resumed run uses the one it started with,
+        # even when another has been trained for the model since
+        pinned = state.get(STATE_KEY)
+        net, manifest = self.network(ctx, bytes(pinned.tolist()).hex() if pinned is not None else None)
+        if pinned is None:
+            state[STATE_KEY] = torch.tensor(list(bytes.fromhex(manifest["weights_sha256"])), dtype=torch.uint8)
         items = as_items(requests)
         if manifest.get("split") == "subjects":
             seen = [i.request.subject for i in items if is_training_subject(i.request.subject)]
@@ -348,9 +361,10 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def find_editor(ctx: EditContext, hp: MendHparams) -> Path:
+def find_editor(ctx: EditContext, hp: MendHparams, digest: str | None = None) -> Path:
     """The trained editor to use: ``hp.editor``, else the newest complete one in the cache for the model's
-    fingerprint whose layers and matrices are ``hp``'s. A one-line ``ConfigError`` when there is none."""
+    fingerprint whose layers and matrices are ``hp``'s (with ``digest``: the one whose weights have that
+    sha256). A one-line ``ConfigError`` when there is none."""
     from editscale.cache import entry_damage
 
     if hp.editor is not None:
@@ -366,12 +380,25 @@ def find_editor(ctx: EditContext, hp: MendHparams) -> Path:
         if (path.is_dir() and manifest is not None and not entry_damage(path)
                 and [manifest["hparams"][k] for k in ("layers", "matrices")] == [hp.layers, hp.matrices]):
             found.append((manifest.get("created", ""), path))
+    if digest is not None:
+        found = [(when, path) for when, path in found if weights_sha256(path) == digest]
+        if not found:
+            raise ConfigError(f"the MEND editor this run started with (weights sha256 {digest[:12]}...) is no longer "
+                              f"in {root}; resume with it (hparams editor: DIR) or start the run again")
     if not found:
         where = ctx.model_dir if ctx.model_dir is not None else "MODEL"
         raise ConfigError(f"no trained MEND editor for this model (fingerprint {ctx.fingerprint}, layers "
                           f"{hp.layers}, matrices {hp.matrices}); train one first: editscale mend train --model "
                           f"{where} --data RECORDS")
     return max(found)[1]
+
+
+def weights_sha256(path: Path) -> str:
+    """The sha256 of an editor's weights file (from its files manifest when it has one)."""
+    from editscale.cache import read_files_manifest, sha256_file
+
+    files = (read_files_manifest(path) or {}).get("files", {})
+    return files[WEIGHTS_FILE]["sha256"] if WEIGHTS_FILE in files else sha256_file(Path(path) / WEIGHTS_FILE)
 
 
 def load_editor(path: Path, fingerprint: str | None = None) -> tuple[MendNetwork, dict[str, Any]]:
@@ -386,7 +413,7 @@ def load_editor(path: Path, fingerprint: str | None = None) -> tuple[MendNetwork
                           f"{manifest['fingerprint']}, this model {fingerprint}); train one for it")
     net = MendNetwork(manifest["params"], MendHparams.validated(manifest["hparams"]))
     net.load_state_dict(load_file(str(Path(path) / WEIGHTS_FILE)))
-    return net, {**manifest, "path": str(path)}
+    return net, {**manifest, "path": str(path), "weights_sha256": weights_sha256(path)}
 
 
 def save_editor(directory: Path, net: MendNetwork, manifest: dict[str, Any]) -> None:
