@@ -9,8 +9,10 @@ import shutil
 
 import pytest
 import torch
+from edit_helpers import cases, requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import FAMILIES, bpe_tokenizer, random_model
 
 from editscale.cache_entries import KINDS
 from editscale.errors import ConfigError, EditError
@@ -152,6 +154,27 @@ def test_the_editor_is_pinned_in_the_method_state(tiny, world, trained, mend_edi
     for path in trained[0].iterdir():  # leave the module's cache with its first editor only
         if path.is_dir() and path != trained[1]:
             shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_trains_and_edits_through_its_anatomy(family, tmp_path, monkeypatch):
+    """Random tiny models of each family: the declared matrices (Llama's gate too) only, as low-rank updates."""
+    monkeypatch.setattr(mend_module, "editor_root", lambda: tmp_path)
+    tok = bpe_tokenizer()
+    model = random_model(family, vocab_size=len(tok))
+    extra = {"matrices": ["gate", "in", "out"]} if family == "llama" else {}
+    ed = Editor(model, tok, "mend", {**FAST, **extra}, stats_cache=None)
+    train_and_save(ed.context, cases(), ed.hparams, model_name=family, data={"spec": "helpers"}, steps=3,
+                   progress=False)
+    assert ed.hparams.layers == [0, 1, 2]  # the last 3 of 3: a gradient method may edit the last block
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    delta = ed.compute(requests()[:2])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert set(delta.updates) == {p for _, p, _, _ in edited_params(model, ed.context.anatomy, ed.hparams)}
+    assert len(delta.updates) == 3 * len(ed.hparams.matrices)
+    assert all(u.rank is not None and torch.isfinite(u.matrix()).all() for u in delta.updates.values())
+    delta.apply(model)
+    assert {k for k in before if not torch.equal(before[k], model.state_dict()[k])} == set(delta.updates)
 
 
 def test_a_model_without_an_editor_gets_one_line(tiny, tmp_path, monkeypatch):
