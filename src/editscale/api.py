@@ -15,17 +15,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from editscale.cache import sha256_file
 from editscale.data.records import EditCase
 from editscale.methods.base import Delta
 from editscale.methods.editor import Editor, HparamsLike, RequestLike, to_request, to_requests
 from editscale.names import load_cases, load_model, resolve_corpus_path
 
 __all__ = ["Editor", "HparamsLike", "RequestLike", "edit", "evaluate_edits", "load_cases", "load_model",
-           "to_request", "to_requests"]
+           "to_request", "to_requests", "train_mend"]
 
 
 def edit(
@@ -80,3 +82,51 @@ def evaluate_edits(
     post = CounterFactResult(scored)
     return {"method": editor.method_name, "n": len(cases), "batch": batch, "pre": pre.summary(),
             "post": post.summary(), "cases": [c.to_dict() for c in scored]}
+
+
+def train_mend(
+    model: str,
+    data: str,
+    *,
+    out: str | Path | None = None,
+    steps: int | None = None,
+    split: str = "auto",
+    limit: int | None = None,
+    hparams: HparamsLike = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    progress: bool | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Train MEND's editor for ``model`` (a name or directory) on the records of ``data`` and store it: the cache
+    entry for the model's fingerprint, or ``out`` (a new directory outside the cache). Returns its directory
+    and manifest. ``split``: ``auto`` trains on a testbed world's training subjects (``is_training_subject``,
+    left out of MEND's edits) and on a records file whole; ``subjects`` or ``all`` choose. ``hparams``: overrides
+    of the model's preset (a mapping or YAML file)."""
+    from editscale.cache import check_writable, refuse_inside_cache
+    from editscale.errors import ConfigError
+    from editscale.methods.context import EditContext
+    from editscale.methods.hparams import read_hparams_file, resolve_hparams
+    from editscale.methods.mend import MendHparams, is_training_subject, is_world, train_and_save
+    from editscale.names import resolve_data_path
+
+    if split not in ("auto", "subjects", "all"):
+        raise ConfigError(f"split must be auto, subjects or all, got {split!r}")
+    if out is not None:
+        out = Path(out)
+        refuse_inside_cache(out, "--out")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"--out {out} already exists; choose a new directory")
+        check_writable(out, "--out")
+    chosen = ("subjects" if is_world(data) else "all") if split == "auto" else split
+    cases = load_cases(data)
+    train = [c for c in cases if is_training_subject(c.request.subject)] if chosen == "subjects" else cases
+    train = train[:limit] if limit else train
+    lm, tok, _ = load_model(model, dtype=dtype, device=device)
+    ctx = EditContext(lm, tok, stats_cache=None, progress=progress)
+    given = read_hparams_file(hparams) if isinstance(hparams, (str, Path)) else hparams
+    hp = resolve_hparams("mend", MendHparams, lm, ctx.anatomy, given)
+    path = Path(resolve_data_path(data))
+    info = {"spec": data, "path": str(path), "sha256": sha256_file(path) if path.is_file() else None,
+            "records": len(cases), "train_records": len(train),
+            "train_subjects": len({c.request.subject for c in train}), "split": chosen}
+    return train_and_save(ctx, train, hp, model_name=model, data=info, out=out, steps=steps, progress=progress)

@@ -7,26 +7,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
 from editscale.cli import app
 from editscale.cli.common import print_json
 from editscale.cli.edit import HparamsOpt, SetOpt
-from editscale.errors import ConfigError
 
 mend = typer.Typer(help="MEND's editor networks (train them once per model; then --method mend).",
                    no_args_is_help=True)
 app.add_typer(mend, name="mend")
-
-
-def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    from editscale.cache import sha256_file
-
-    return sha256_file(path)
 
 
 @mend.command("train")
@@ -51,32 +42,12 @@ def train_command(
 ) -> None:
     """Train MEND's editor for MODEL on the records of DATA and store it (cache entry keyed by the model's
     fingerprint, or --out) with a manifest; --method mend then finds it."""
-    from editscale.cache import check_writable, refuse_inside_cache
+    from editscale.api import train_mend
     from editscale.cli.edit import parse_overrides
-    from editscale.methods.context import EditContext
-    from editscale.methods.hparams import resolve_hparams
-    from editscale.methods.mend import MendHparams, is_training_subject, is_world, train_and_save
-    from editscale.names import load_cases, load_model, resolve_data_path
 
-    if split not in ("auto", "subjects", "all"):
-        raise ConfigError(f"--split must be auto, subjects or all, got {split!r}")
-    if out is not None:
-        refuse_inside_cache(out, "--out")
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ConfigError(f"--out {out} already exists; choose a new directory")
-        check_writable(out, "--out")
-    chosen: Literal["subjects", "all"] = ("subjects" if is_world(data) else "all") if split == "auto" else split
-    cases = load_cases(data)
-    train = [c for c in cases if is_training_subject(c.request.subject)] if chosen == "subjects" else cases
-    train = train[:limit] if limit else train
-    lm, tok, _ = load_model(model, dtype=dtype, device=device)
-    ctx = EditContext(lm, tok, stats_cache=None)
-    hp = resolve_hparams("mend", MendHparams, lm, ctx.anatomy, parse_overrides(hparams, set_))
-    path = Path(resolve_data_path(data))
-    info = {"spec": data, "path": str(path), "sha256": _sha256(path), "records": len(cases),
-            "train_records": len(train), "train_subjects": len({c.request.subject for c in train}),
-            "split": chosen}
-    where, manifest = train_and_save(ctx, train, hp, model_name=model, data=info, out=out, steps=steps)
+    where, manifest = train_mend(model, data, out=out, steps=steps, split=split, limit=limit,
+                                 hparams=parse_overrides(hparams, set_), dtype=dtype, device=device)
+    info = manifest["data"]
     summary = {"dir": str(where), "model": model, "fingerprint": manifest["fingerprint"], "data": info,
                "steps": manifest["steps"], "train_seconds": manifest["train_seconds"],
                "threads": manifest["threads"], "final": manifest["final"], "edit_lrs": manifest["edit_lrs"],
@@ -85,7 +56,7 @@ def train_command(
         print_json(summary)
         return
     f = manifest["final"]
-    typer.echo(f"MEND editor for {model} trained on {len(train)} records of {data} ({chosen}) in "
+    typer.echo(f"MEND editor for {model} trained on {info['train_records']} records of {data} ({info['split']}) in "
                f"{manifest['train_seconds']:.0f} s, {manifest['steps']} edits, {manifest['threads']} thread(s)")
     typer.echo(f"last edits: NLL of the new target {f['edit_nll']:.3f} (P {f['edit_p']:.2f}), locality KL "
                f"{f['loc_kl']:.4f}")
