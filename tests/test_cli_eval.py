@@ -39,6 +39,15 @@ def test_eval_json(model_dir, tmp_path):
     recs.write_text(json.dumps(no_paraphrase) + "\n")
     out = json.loads(run("eval", "--model", str(model_dir), "--data", str(recs), "--json").stdout)
     assert out["paraphrase"] is None and out["score"] is None  # the Score needs all three
+    # --metrics scores only those (no sampled generations); with --method too, before and after each edit
+    out = json.loads(run("eval", "--model", str(model_dir), "--data", str(recs), "--json",
+                         "--metrics", "efficacy,neighborhood").stdout)
+    assert out["efficacy"] in (0.0, 1.0) and "gen_entropy" not in out and "paraphrase_magnitude" not in out
+    r = run("eval", "--model", str(model_dir), "--data", str(recs), "--json", "--metrics", "efficacy",
+            "--method", "ft-l", "--set", "layer=0")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out["pre"]) == set(out["post"]) and "gen_entropy" not in out["post"], out
 
 
 @pytest.mark.parametrize(
@@ -47,6 +56,8 @@ def test_eval_json(model_dir, tmp_path):
         (["--model", "/no/such/dir", "--data", "{data}"], "error: model directory '/no/such/dir' does not exist"),
         (["--model", "{model}", "--data", "/no/such.json"], "error: records file /no/such.json does not exist"),
         (["--model", "{model}", "--data", "{bad}"], "error: .*bad.json: record 0: missing field 'subject'"),
+        (["--model", "{model}", "--data", "{data}", "--metrics", "efficacy,bogus"],
+         "error: --metrics: unknown per-edit metric 'bogus'; known: efficacy, "),
     ],
 )
 def test_eval_errors_are_one_line(model_dir, tmp_path, args, message):

@@ -56,31 +56,36 @@ def evaluate_edits(
     batch: int = 1,
     batch_size: int = 64,
     progress: bool | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The papers' single-edit protocol: each case (or each batch of ``batch`` cases) is edited into the
     UNEDITED model, scored, and reverted before the next.
 
     Returns ``{"method", "n", "batch", "pre", "post"}`` with CounterFact summaries (``pre``: the unedited
     model on all cases; ``post``: each case scored right after its own edit) and ``"cases"``, the per-case
-    post-edit scores. The model is left unedited.
+    post-edit scores. The model is left unedited. ``metrics``: the per-edit metrics to score (default: all).
     """
     from editscale.eval.counterfact import CounterFactResult, ReferenceScorer, evaluate_cases
     from editscale.progress import progress as bar
 
     model, tok = editor.model, editor.tokenizer
     reference = ReferenceScorer(cases)  # one vectorizer for all cases, fitted on their reference texts
-    pre = evaluate_cases(model, tok, cases, batch_size=batch_size, reference=reference)
+    chunks = [list(cases[i: i + batch]) for i in range(0, len(cases), batch)]
+    pre = []  # the unedited model, in chunks of 16 records for a progress line
+    for chunk in bar([list(cases[i: i + 16]) for i in range(0, len(cases), 16)], "the unedited model: score",
+                     enabled=progress):
+        pre += evaluate_cases(model, tok, chunk, metrics=metrics, batch_size=batch_size, reference=reference).cases
     editor.prepare()
     scored = []
-    chunks = [list(cases[i: i + batch]) for i in range(0, len(cases), batch)]
     for chunk in bar(chunks, f"{editor.method_name}: edit, score, revert", enabled=progress):
         delta = editor.edit(chunk)
         try:
-            scored += evaluate_cases(model, tok, chunk, batch_size=batch_size, reference=reference).cases
+            scored += evaluate_cases(model, tok, chunk, metrics=metrics, batch_size=batch_size,
+                                     reference=reference).cases
         finally:
             delta.revert(model)
     post = CounterFactResult(scored)
-    return {"method": editor.method_name, "n": len(cases), "batch": batch, "pre": pre.summary(),
+    return {"method": editor.method_name, "n": len(cases), "batch": batch, "pre": CounterFactResult(pre).summary(),
             "post": post.summary(), "cases": [c.to_dict() for c in scored]}
 
 

@@ -17,6 +17,21 @@ DataOpt = Annotated[str, typer.Option("--data", "-d", help="A records file (Coun
                                                              "editscale JSON/JSONL) or testbed:NAME.")]
 
 
+def parse_metrics(text: str | None) -> tuple[str, ...] | None:
+    """``--metrics a,b`` as declared metric names (a one-line error naming an unknown one); None: all."""
+    if text is None:
+        return None
+    from editscale.errors import ConfigError
+    from editscale.eval.metrics import edit_metric_names
+
+    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    known = edit_metric_names()
+    if not names or (bad := [m for m in names if m not in known]):
+        what = f"unknown per-edit metric {bad[0]!r}" if names else "no metric given"
+        raise ConfigError(f"--metrics: {what}; known: {', '.join(known)}")
+    return names
+
+
 @app.command("eval")
 def eval_command(
     model: ModelOpt,
@@ -38,6 +53,9 @@ def eval_command(
     corpus: CorpusOpt = None,
     stats_dir: StatsDirOpt = None,
     seed: SeedOpt = 0,
+    metrics: Annotated[str | None, typer.Option(
+        help="Comma-separated per-edit metrics to score (default: all; e.g. efficacy,paraphrase,neighborhood "
+             "leaves out the sampled generations, the slow part on a real model).")] = None,
 ) -> None:
     """Efficacy, paraphrase and neighborhood scores of MODEL on the records in DATA.
 
@@ -48,6 +66,7 @@ def eval_command(
     from editscale.eval.counterfact import evaluate_cases
     from editscale.names import load_model
 
+    chosen = parse_metrics(metrics)
     cases = load_edit_cases(method, data, limit, skip_invalid)  # without MEND's training records
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
     if method is not None:
@@ -55,14 +74,14 @@ def eval_command(
         from editscale.cli.edit import make_editor
 
         editor = make_editor(lm, tok, method, hparams, set_, corpus, stats_dir, seed)
-        result = evaluate_edits(editor, cases, batch=batch, batch_size=batch_size)
+        result = evaluate_edits(editor, cases, batch=batch, batch_size=batch_size, metrics=chosen)
         if json_out:
             print_json({k: result[k] for k in ("method", "n", "pre", "post")})
         else:
             print_scores(f"{model} on {data}: {method}, {batch} record(s) per edit, each from the unedited model",
                          {"unedited": result["pre"], method: result["post"]})
         return
-    summary = evaluate_cases(lm, tok, cases, batch_size=batch_size).summary()
+    summary = evaluate_cases(lm, tok, cases, batch_size=batch_size, metrics=chosen).summary()
     if json_out:
         print_json(summary)
     else:
