@@ -240,6 +240,19 @@ def test_remembered_keys_accumulate_and_round_trip(method, tok, tmp_path):
     ed.state = EditState()
     fresh = ed.compute(reqs[2:3])
     assert not all(torch.equal(live.updates[n].matrix(), fresh.updates[n].matrix()) for n in live.updates)
+    # prev_edits_weight scales them: 0 is as if there were none, 0.5 lies in between (new editors: their
+    # context prefixes come from the model as it is now)
+    def with_weight(weight: float, state: EditState):
+        ed_w = editor(model, tok, method, TEXTS, layers=[0, 1], prev_edits_weight=weight)
+        ed_w.state = state
+        return ed_w.compute(reqs[2:3])
+
+    none, zero, half, one = (with_weight(0.0, EditState()), with_weight(0.0, restored), with_weight(0.5, restored),
+                             with_weight(1.0, restored))
+    for n in live.updates:
+        torch.testing.assert_close(zero.updates[n].matrix(), none.updates[n].matrix())
+        assert not torch.allclose(half.updates[n].matrix(), none.updates[n].matrix())
+        assert not torch.allclose(half.updates[n].matrix(), one.updates[n].matrix())
     # a plain safetensors round trip (what the runner writes) changes nothing either
     save_file(s2, str(tmp_path / "s.safetensors"))
     assert all(torch.equal(load_file(str(tmp_path / "s.safetensors"))[k], s2[k]) for k in s2)

@@ -61,7 +61,7 @@ class AlphaEdit(Memit):
         hp: AlphaEditHparams = self.hparams
         projs = {layer: ctx.null_space_projector(layer, hp, hp.nullspace_threshold) for layer in hp.layers}
         return lambda layer, keys, resid: alphaedit_solve(
-            keys, resid, projs[layer], remembered_keys(state, layer, projs[layer]), hp.l2)
+            keys, resid, projs[layer], hp.prev_edits_weight * remembered_keys(state, layer, projs[layer]), hp.l2)
 
     def remember(self, state: EditState, written: dict[int, torch.Tensor]) -> None:
         remember_keys(state, written)

@@ -58,7 +58,7 @@ class Encore(Memit):
         covs = ctx.second_moments(list(hp.layers), hp)
         return lambda layer, keys, resid: encore_solve(
             keys, resid, covs[layer], hp.mom2_update_weight, hp.update_norm_lambda,
-            remembered_keys(state, layer, covs[layer]) if hp.add_prev_edits else None)
+            hp.prev_edits_weight * remembered_keys(state, layer, covs[layer]) if hp.add_prev_edits else None)
 
     def remember(self, state: EditState, written: dict[int, torch.Tensor]) -> None:
         remember_keys(state, written)

@@ -221,6 +221,9 @@ class AlphaEditHparams(SpreadHparams):
 
     nullspace_threshold: PositiveFloat = 2e-2  # eigenvalues of C below this span the null space
     l2: PositiveFloat = 10.0  # the reference's L2
+    # weight of the earlier edits' K_p^T K_p beside the current keys (the reference: 1). It grows with every
+    # edit while the preserved second moment does not: on a small model it soon outweighs everything else
+    prev_edits_weight: NonNegativeFloat = 1.0
 
 
 class EncoreHparams(MemitHparams):
@@ -229,6 +232,9 @@ class EncoreHparams(MemitHparams):
 
     update_norm_lambda: NonNegativeFloat = 10.0  # l_u: the reference's GPT-2 XL and Llama-2 value
     add_prev_edits: bool = True  # earlier edits' keys join the preserved set
+    # their weight beside w C (the reference: 1, unscaled by w; with w = 20,000 on GPT-2 XL, 1,000 earlier edits
+    # weigh ~0.05 of w C, on testbed:demo at w = 200 ~4.6 of it)
+    prev_edits_weight: NonNegativeFloat = 1.0
     v_stop_on: Literal["loss", "nll", "argmax"] = "argmax"  # MPES
 
 
