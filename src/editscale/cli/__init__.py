@@ -34,7 +34,7 @@ def _root(
 ) -> None:
     """Edit facts inside transformer language models and measure what editing at scale does to them.
 
-    Start with `editscale demo` (builds the testbed model, runs ROME, AlphaEdit, r-ROME, MEMIT and FT-L
+    Start with `editscale demo` (builds the testbed model, runs ROME, ENCORE, r-ROME, MEMIT and FT-L
     sequentially, writes a report). Every command that prints results takes --json.
     """
     from editscale import threads as _threads

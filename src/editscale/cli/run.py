@@ -165,7 +165,7 @@ def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the runs and the report.")] = Path(
         "editscale-demo"),
 ) -> None:
-    """Build testbed:demo if needed, edit it sequentially with ROME, AlphaEdit (which resists forgetting), r-ROME,
+    """Build testbed:demo if needed, edit it sequentially with ROME, ENCORE (which resists forgetting), r-ROME,
     MEMIT and FT-L on the same seeded sample, and write the report."""
     import torch
 
