@@ -86,10 +86,13 @@ def _figure(panels: list[tuple[str, str, Any, float, bool]], groups: dict[str, l
             ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False,
+    width, height = fig.get_size_inches()
+    ncol = max(1, min(len(labels), int(width // 2.2)))  # as many labels a row as the figure's width holds
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False,
                title=f"line: mean over seeds; band: {BAND}")
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, min(0.5, (0.45 + 0.3 * rows) / height), 1, 1))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
