@@ -15,39 +15,28 @@ the threads the run used.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 
 def row(run_dir: Path) -> dict:
     from editscale.experiment.runner import summarize
     from editscale.experiment.store import RunStore
-    from editscale.report.html import CHANCE_MCC
+    from editscale.report.html import skill_f1_change
 
     s = summarize(run_dir)
     with RunStore.in_dir(run_dir, readonly=True) as store:
         meta = store.meta()
         totals = store.update_totals()
-        series = store.downstream_series("f1")
-        mcc0 = store.downstream_at(0, "mcc")
-        frob: dict[str, tuple[float, int]] = {}
-        for param, n_el, f in store.rows(
-                "SELECT d.param, d.n_elements, d.frobenius FROM distances d ORDER BY d.update_idx"):
-            frob[param] = (f, n_el)  # the last value of each matrix
-    changes = {task: pts[-1][1] - pts[0][1] for task, pts in series.items()
-               if len(pts) > 1 and pts[0][0] == 0 and mcc0.get(task, 0.0) >= CHANCE_MCC}
-    n_el = sum(n for _, n in frob.values())
-    dist = math.sqrt(sum(f * f for f, _ in frob.values())) / n_el if n_el else float("nan")
+        skill, worst, worst_change = skill_f1_change(store)
     n = max(s["edits"], 1)
     return {
         "run": run_dir.name, "method": meta["config"]["method"]["name"], "edits": s["edits"],
         "efficacy": s.get("efficacy"), "paraphrase": s.get("paraphrase"), "neighborhood": s.get("neighborhood"),
         "forgotten": s["forgotten"], "forgotten_prob": s["forgotten_prob"],
-        "f1_change": sum(changes.values()) / len(changes) if changes else None,
-        "f1_worst": min(changes.items(), key=lambda kv: kv[1]) if changes else None,
-        "distance": dist, "flagged": len(s["flagged"]),
-        "s_edit": totals["compute_seconds"] / n, "wall_edit": (totals["seconds"] + totals["recheck_seconds"]) / n,
-        "threads": s["threads"],
+        "f1_change": None if worst is None else skill, "f1_worst": None if worst is None else (worst, worst_change),
+        "distance": s["distance_per_element"], "flagged": len(s["flagged"]),
+        "s_edit": s["method_seconds_per_edit"] or 0.0,
+        "wall_edit": (totals["seconds"] + totals["recheck_seconds"]) / n, "threads": s["threads"],
     }
 
 

@@ -49,6 +49,15 @@ def test_report_of_two_runs(tmp_path):
     assert "<td>40</td>" in html  # rome's first flagged edit
     assert "<th>forgotten %</th>" in html and "<th>forgotten (P) %</th>" in html
     assert "<td>20.0</td>" in html  # the paper's forgetting at the last re-check: 12 of 60
+    # skill F1: sst2 0.9 -> 0.3; rte is left out (unedited MCC 0.05, at chance)
+    assert "<td>-0.600 (worst: sst2 -0.600)</td>" in html
+    # final distance over both matrices: sqrt(6^2 + 12^2) / (2 * 1024); the method's 0.005 s per edit
+    from editscale.experiment.runner import summarize
+
+    s = summarize(tmp_path / "a")
+    assert s["distance_per_element"] == pytest.approx((36 + 144) ** 0.5 / 2048)
+    assert s["method_seconds_per_edit"] == pytest.approx(0.005)
+    assert "<th>distance / element</th>" in html and "<td>0.006551</td>" in html and "<td>0.01</td>" in html
 
 
 def test_report_downstream_table_flags_tasks_at_chance(tmp_path):

@@ -355,6 +355,15 @@ class RunStore:
             f"SELECT d.param, d.layer, u.n_edits, d.{column} FROM distances d "
             "JOIN updates u ON u.update_idx = d.update_idx ORDER BY d.update_idx").fetchall()
 
+    def final_distance(self) -> float:
+        """The edited weights' distance from the original at the last measured update, over every edited
+        matrix: sqrt(sum of squared Frobenius norms) / their summed elements (NaN: nothing measured)."""
+        rows = self.connection.execute(
+            "SELECT d.frobenius, d.n_elements FROM distances d JOIN (SELECT param, MAX(update_idx) AS u FROM "
+            "distances GROUP BY param) last ON d.param = last.param AND d.update_idx = last.u").fetchall()
+        n = sum(e for _, e in rows)
+        return math.sqrt(sum((f or 0.0) ** 2 for f, _ in rows)) / n if n else float("nan")
+
     def event_edits(self, kind: str) -> list[int]:
         """Edit numbers of the updates with an event of this kind (flagged, refused)."""
         return [e for (e,) in self.connection.execute(

@@ -39,12 +39,26 @@ def _pct(v: float | None) -> str:
     return _num(v, 1, 100.0)
 
 
+def skill_f1_change(store: RunStore) -> tuple[float, str | None, float]:
+    """Downstream F1 from the unedited model to the last evaluation: the mean change over the tasks the unedited
+    model is not at chance on (MCC at least ``CHANCE_MCC``), and the task that lost most with its change
+    (NaN, None, NaN: no such task evaluated twice)."""
+    mcc0 = store.downstream_at(0, "mcc")
+    changes = {task: pts[-1][1] - pts[0][1] for task, pts in store.downstream_series("f1").items()
+               if len(pts) > 1 and pts[0][0] == 0 and mcc0.get(task, 0.0) >= CHANCE_MCC}
+    if not changes:
+        return float("nan"), None, float("nan")
+    worst = min(changes, key=changes.__getitem__)
+    return sum(changes.values()) / len(changes), worst, changes[worst]
+
+
 def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
     """One row of the summary table: the run, and every summarised metric as its declaration formats it."""
     s = summarize(run_dir)
     with RunStore.in_dir(run_dir, readonly=True) as store:
         meta = store.meta()
         seconds = store.update_totals()["seconds"]
+        skill, worst, worst_change = skill_f1_change(store)
     cfg = meta["config"]
     row: dict[str, Any] = {"run": label, "directory": str(run_dir), "method": cfg["method"]["name"],
                            "model": cfg["model"], "status": meta.get("status", "?"), "edits": s["edits"]}
@@ -56,6 +70,10 @@ def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
         row[METRICS[key].label] = METRICS[key].format(s[key])
     row.update({"first flagged edit": str(s["flagged"][0]) if s["flagged"] else "-",
                 "flagged": str(len(s["flagged"])), "refused": str(len(s["refused"])),
+                "skill F1 change": "-" if math.isnan(skill) else f"{skill:+.3f} (worst: {worst} {worst_change:+.3f})",
+                METRICS["distance_per_element"].label: METRICS["distance_per_element"].format(
+                    s["distance_per_element"]),
+                "method s / edit": _num(s["method_seconds_per_edit"], 2),
                 "editing time": f"{seconds / 60:.1f} min", "threads": str(meta.get("threads", "?"))})
     return row
 
@@ -172,8 +190,12 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 score, a cosine); score is their harmonic mean of efficacy, paraphrase and neighborhood. "forgotten %" is the
 scale paper's forgetting at the last re-check (of the edits whose new target was all argmax when made, the share
 that failed at a re-check since); "forgotten (P) %" is the share of earlier edits with P(new) &gt; P(true) when made
-that fail it now. Flagged edits are possible disabling edits (see the events table in each run's
-results.sqlite).</p>
+that fail it now. "skill F1 change" is the mean change of downstream F1 from the unedited model to the last
+evaluation over the tasks the unedited model is not at chance on (MCC at least 0.2), with the task that lost most;
+"distance / element" the edited weights' final distance from the original over every edited matrix (square root
+of the summed squared Frobenius norms over their summed elements); "method s / edit" the method's own compute
+time per edit (no scoring, re-checks or downstream). Flagged edits are possible disabling edits (see the events
+table in each run's results.sqlite).</p>
 {_table(rows)}
 {_downstream_section(downstream)}
 {figures}

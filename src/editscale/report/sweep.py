@@ -33,7 +33,8 @@ from editscale.report.plots import RunData, load_run, plotted, trailing_mean
 
 WINDOW = 50  # trailing mean of the per-edit curves, as the single-run plots' solid lines
 BAND = "min-max over seeds"
-SUMMARY_ROWS = ("efficacy", "paraphrase", "neighborhood", "score", "forgotten", "forgotten_prob")
+SUMMARY_ROWS = ("efficacy", "paraphrase", "neighborhood", "score", "forgotten", "forgotten_prob",
+                "distance_per_element", "method_seconds_per_edit")
 
 
 def band(series: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
@@ -133,10 +134,13 @@ def spread_rows(summaries: list[dict[str, Any]]) -> list[dict[str, str]]:
     for key in SUMMARY_ROWS:
         values = np.array([s[key] for s in summaries if s.get(key) is not None], dtype=float)
         metric = METRICS.get(key)
-        fmt = metric.format if metric is not None else (lambda v: "-" if v is None else f"{100 * v:.1f}")
-        label = metric.label if metric is not None else key
-        if (metric is None or metric.percent) and not label.endswith("%"):
-            label += " %"
+        if key == "method_seconds_per_edit":
+            fmt, label = (lambda v: f"{v:.2f}"), "method s / edit"
+        else:
+            fmt = metric.format if metric is not None else (lambda v: "-" if v is None else f"{100 * v:.1f}")
+            label = metric.label if metric is not None else key
+            if (metric is None or metric.percent) and not label.endswith("%"):
+                label += " %"
         if not len(values):
             rows.append({"figure": label, "mean": "-", "sd": "-", "min": "-", "max": "-", "seeds": "0"})
             continue
