@@ -383,7 +383,9 @@ def test_presets_are_data_files_found_by_the_model_config():
     assert model_kind(fake("llama", 32, 4096)) == model_kind(fake("mistral", 32, 4096)) == "llama"
     assert model_kind(fake("llama", 4, 64)) == "generic"
     assert model_kind(fake("gpt2", 3, 32), manifest={"rome_layer": 1}) == "testbed"
-    assert preset_values("smollm2", "r-rome") == preset_values("smollm2", "rome")
+    # r-ROME takes ROME's section, then its own
+    assert preset_values("smollm2", "r-rome") == {**preset_values("smollm2", "rome"), "v_stop_on": "loss"}
+    assert preset_values("llama", "r-rome") == preset_values("llama", "rome")
     # smollm2.yaml starts from llama.yaml (base: llama): what it does not set is Llama's, what it sets wins
     assert preset_values("smollm2", "alphaedit")["v_lr"] == preset_values("llama", "alphaedit")["v_lr"]
     assert preset_values("smollm2", "rome")["v_steps"] == preset_values("llama", "rome")["v_steps"]

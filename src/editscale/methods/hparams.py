@@ -338,9 +338,13 @@ def model_kind(model: nn.Module, manifest: dict[str, Any] | None = None) -> str:
 
 
 def preset_values(kind: str, method: str) -> dict[str, Any]:
-    """The preset's values for ``method`` on a model of ``kind`` (empty when there are none)."""
+    """The preset's values for ``method`` on a model of ``kind`` (empty when there are none). A method that
+    shares another's section (r-ROME ROME's) takes that section, then its own where the file has one."""
     preset = presets().get(kind)
-    return dict(preset.methods.get(PRESET_ALIASES.get(method, method), {})) if preset else {}
+    if not preset:
+        return {}
+    values = dict(preset.methods.get(PRESET_ALIASES.get(method, method), {}))
+    return {**values, **preset.methods.get(method, {})} if method in PRESET_ALIASES else values
 
 
 SPREAD_METHODS = ("memit", "alphaedit", "encore")  # default to the MEMIT layers (EMMET: the ROME layer)
