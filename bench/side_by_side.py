@@ -22,12 +22,13 @@ def row(run_dir: Path) -> dict:
     from editscale.experiment.runner import summarize
     from editscale.experiment.store import RunStore
     from editscale.report.html import skill_f1_change
+    from editscale.report.plots import load_run
 
     s = summarize(run_dir)
     with RunStore.in_dir(run_dir, readonly=True) as store:
         meta = store.meta()
         totals = store.update_totals()
-        skill, worst, worst_change = skill_f1_change(store)
+    skill, worst, worst_change = skill_f1_change(load_run(run_dir))
     n = max(s["edits"], 1)
     return {
         "run": run_dir.name, "method": meta["config"]["method"]["name"], "edits": s["edits"],

@@ -39,26 +39,38 @@ def _pct(v: float | None) -> str:
     return _num(v, 1, 100.0)
 
 
-def skill_f1_change(store: RunStore) -> tuple[float, str | None, float]:
+# Pre-edit Matthews correlation below this: the unedited model is at chance on the task, so a later change of
+# its F1 is noise, not lost ability (balanced binary tasks: MCC 0 is chance, 1 perfect).
+CHANCE_MCC = 0.2
+
+
+def _f1_changes(run: RunData) -> list[tuple[str, int, float, int, float, float | None]]:
+    """Per task evaluated at least once: (task, edits at its first and last evaluation with their F1, and the
+    unedited model's MCC), what the downstream table and the skill change both read."""
+    return [(task, int(n[0]), f1[0], int(n[-1]), f1[-1], run.unedited_mcc.get(task))
+            for task, (n, f1) in run.downstream.items() if len(f1)]
+
+
+def skill_f1_change(run: RunData) -> tuple[float, str | None, float]:
     """Downstream F1 from the unedited model to the last evaluation: the mean change over the tasks the unedited
     model is not at chance on (MCC at least ``CHANCE_MCC``), and the task that lost most with its change
     (NaN, None, NaN: no such task evaluated twice)."""
-    mcc0 = store.downstream_at(0, "mcc")
-    changes = {task: pts[-1][1] - pts[0][1] for task, pts in store.downstream_series("f1").items()
-               if len(pts) > 1 and pts[0][0] == 0 and mcc0.get(task, 0.0) >= CHANCE_MCC}
+    changes = {task: last - first for task, n0, first, n1, last, mcc0 in _f1_changes(run)
+               if n0 == 0 and n1 > 0 and mcc0 is not None and mcc0 >= CHANCE_MCC}
     if not changes:
         return float("nan"), None, float("nan")
     worst = min(changes, key=changes.__getitem__)
     return sum(changes.values()) / len(changes), worst, changes[worst]
 
 
-def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
+def run_summary_row(run_dir: Path, run: RunData) -> dict[str, Any]:
     """One row of the summary table: the run, and every summarised metric as its declaration formats it."""
     s = summarize(run_dir)
+    label = run.label
     with RunStore.in_dir(run_dir, readonly=True) as store:
         meta = store.meta()
         seconds = store.update_totals()["seconds"]
-        skill, worst, worst_change = skill_f1_change(store)
+    skill, worst, worst_change = skill_f1_change(run)
     cfg = meta["config"]
     row: dict[str, Any] = {"run": label, "directory": str(run_dir), "method": cfg["method"]["name"],
                            "model": cfg["model"], "status": meta.get("status", "?"), "edits": s["edits"]}
@@ -78,20 +90,11 @@ def run_summary_row(run_dir: Path, label: str) -> dict[str, Any]:
     return row
 
 
-# Pre-edit Matthews correlation below this: the unedited model is at chance on the task, so a later change of
-# its F1 is noise, not lost ability (balanced binary tasks: MCC 0 is chance, 1 perfect).
-CHANCE_MCC = 0.2
-
-
 def downstream_rows(run: RunData) -> list[dict[str, str]]:
     """Per task: F1 of the unedited model, F1 at the last evaluation, the change, and a note when the unedited
     model was at chance (its MCC below ``CHANCE_MCC``)."""
     out = []
-    for task, (n_edits, f1) in run.downstream.items():
-        if not len(f1):
-            continue
-        (n0, first), (n1, last) = (int(n_edits[0]), f1[0]), (int(n_edits[-1]), f1[-1])
-        mcc0 = run.unedited_mcc.get(task)
+    for task, n0, first, n1, last, mcc0 in _f1_changes(run):
         out.append({
             "run": run.label, "task": task, "F1 unedited": _num(first) if n0 == 0 else f"{_num(first)} ({n0} edits)",
             "F1 last": f"{_num(last)} ({n1} edits)",
@@ -125,7 +128,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
     labels = _labels(dirs)
     runs = [load_run(d, label) for d, label in zip(dirs, labels)]
     images = write_plots(runs, out)
-    rows = [run_summary_row(d, label) for d, label in zip(dirs, labels)]
+    rows = [run_summary_row(d, run) for d, run in zip(dirs, runs)]
     flagged = {label: flagged_rows(d) for d, label in zip(dirs, labels)}
     downstream = [r for run in runs for r in downstream_rows(run)]
     page = out / "report.html"
