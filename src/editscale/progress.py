@@ -27,16 +27,18 @@ def _duration(seconds: float) -> str:
 class LineProgress:
     """Plain progress lines for logs: ``description: done/total (pct) elapsed, rate, eta, status``."""
 
-    def __init__(self, description: str, total: int | None, interval: float, stream=None) -> None:
+    def __init__(self, description: str, total: int | None, interval: float, stream=None,
+                 completed: int = 0) -> None:
         self.description, self.total, self.interval = description, total, interval
         self.stream = stream if stream is not None else sys.stderr
-        self.done, self.status = 0, ""
+        self.done, self.status = completed, ""
+        self.completed = completed  # done before this process (a resumed run): counted, but not in the rate
         self.start = self.last = time.monotonic()
         self.emitted: tuple[int, str] | None = None
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.completed) / elapsed if elapsed > 0 else 0.0
         parts = [f"{self.description}: {self.done}" + (f"/{self.total}" if self.total else "")]
         if self.total:
             parts[0] += f" ({100 * self.done / self.total:.0f}%)"
@@ -71,15 +73,19 @@ def enabled_default() -> bool:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None, enabled: bool | None = None):
-    """Yields ``advance(n=1, **fields)``; shows elapsed time and ETA on stderr."""
+def progress_bar(description: str, total: int | None, enabled: bool | None = None, completed: int = 0):
+    """Yields ``advance(n=1, **fields)``; shows elapsed time and ETA on stderr.
+
+    ``completed`` is work done before this process (a resumed run): it counts towards done/total but not towards
+    the rate, so the ETA of a resumed run is not flattered by the edits its earlier process made."""
     if enabled is None:
         enabled = enabled_default()
     if not enabled:
         yield lambda n=1, **kw: None
         return
     if not sys.stderr.isatty():
-        reporter = LineProgress(description, total, float(os.environ.get("EDITSCALE_PROGRESS_INTERVAL", "30")))
+        reporter = LineProgress(description, total, float(os.environ.get("EDITSCALE_PROGRESS_INTERVAL", "30")),
+                                completed=completed)
         reporter.emit()
         try:
             yield reporter.advance
@@ -99,7 +105,7 @@ def progress_bar(description: str, total: int | None, enabled: bool | None = Non
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                   console=Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=total, status="")
+        task = bar.add_task(description, total=total, completed=completed, status="")
 
         def advance(n: int = 1, status: str | None = None) -> None:
             bar.advance(task, n)

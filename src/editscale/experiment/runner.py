@@ -246,8 +246,8 @@ class _Run:
     # --- the loop ----------------------------------------------------------------------------------------
     def loop(self, first_update: int) -> None:
         total = self.schedule.n_updates
-        with progress_bar(f"editing ({self.cfg.method.name})", total, self.progress) as advance:
-            advance(first_update - 1)
+        with progress_bar(f"editing ({self.cfg.method.name})", total, self.progress,
+                          completed=first_update - 1) as advance:
             for u in range(first_update, total + 1):
                 status = self.step(u)
                 advance(1, status=status)
