@@ -75,8 +75,9 @@ def eval_command(
 
         editor = make_editor(lm, tok, method, hparams, set_, corpus, stats_dir, seed)
         result = evaluate_edits(editor, cases, batch=batch, batch_size=batch_size, metrics=chosen)
-        if json_out:
-            print_json({k: result[k] for k in ("method", "n", "pre", "post")})
+        if json_out:  # with the resolved hyperparameters: a saved result says what produced it
+            print_json({**{k: result[k] for k in ("method", "n", "pre", "post")}, "batch": batch,
+                        "hparams": editor.hparams.model_dump(mode="json")})
         else:
             print_scores(f"{model} on {data}: {method}, {batch} record(s) per edit, each from the unedited model",
                          {"unedited": result["pre"], method: result["post"]})
