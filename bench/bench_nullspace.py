@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--thresholds", default="0.02,0.05,0.1")
     ap.add_argument("--n", type=int, default=200, help="texts of each kind")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--corpus", default=None, help="estimate C on this corpus instead of the model's corpus.txt "
+                    "(e.g. bench/preserved_corpus.py's, which adds the skills' training texts)")
     args = ap.parse_args()
 
     from pathlib import Path
@@ -63,7 +65,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tok, anatomy = load_model(args.model)
     model_dir = Path(resolve_model_path(args.model))
-    hp = AlphaEditHparams.validated(preset_values("testbed", "alphaedit"))
+    hp = AlphaEditHparams.validated({**preset_values("testbed", "alphaedit"),
+                                     **({"mom2_corpus": args.corpus} if args.corpus else {})})
     layer = (hp.layers or [0])[0]
     ctx = EditContext(model, tok, stats_cache="default")
     cov = ctx.second_moments([layer], hp)[layer]
@@ -77,7 +80,7 @@ def main() -> None:
              "skill prompts (every token)": keys_of(model, tok, module, prompts),
              "fact subjects (last token)": keys_of(model, tok, module, facts, [c.request.subject for c in cases])}
     print(f"{args.model}, layer {layer} ({anatomy.mlp_out_name(layer)}), key width {cov.shape[0]}; C from the "
-          f"run statistics ({hp.mom2_n_tokens} key vectors); {args.threads} thread(s)")
+          f"run statistics ({hp.mom2_n_tokens} key vectors of {args.corpus or 'corpus.txt'}); {args.threads} thread(s)")
     print(f"{'threshold':>10}{'directions':>12}" + "".join(f"{k:>30}" for k in kinds))
     for th in (float(x) for x in args.thresholds.split(",")):
         p = null_space_projector(cov, th)

@@ -7,8 +7,9 @@ corpus (``corpus.txt``), which holds no skill prompt: on testbed:demo a fifth of
 lies in AlphaEdit's "null space" (``bench/bench_nullspace.py``), so its updates reach the skills. This writes
 ``corpus.txt`` followed by ``--skill-texts`` few-shot skill texts from the training half of the testbed's skill
 generator (the texts the model was trained on, never the evaluation pool), for ``mom2_corpus: FILE``. A corpus is
-one text per line, so each text's line breaks become spaces (the evaluation prompts keep theirs). With the
-default random text sampling the skill texts are drawn in proportion to their number.
+one text per line, so each text's line breaks become spaces (the evaluation prompts keep theirs). The skill
+texts are spread evenly among the generic ones, so that both random sampling and the testbed preset's
+``in_order`` sampling (the corpus's first texts) draw them in proportion to their number.
 """
 
 from __future__ import annotations
@@ -42,7 +43,16 @@ def main() -> None:
     skills = SkillGenerator(world, spec.seed, "train")
     texts = [skills.training_text(SKILL_NAMES[i % len(SKILL_NAMES)])[0] for i in range(args.skill_texts)]
     generic = (model_dir / "corpus.txt").read_text(encoding="utf-8").splitlines()
-    lines = [ln for ln in generic if ln.strip()] + [" ".join(t.split()) for t in texts]
+    generic = [ln for ln in generic if ln.strip()]
+    flat = [" ".join(t.split()) for t in texts]
+    # skill text j goes after generic text round((j + 1) * len(generic) / (len(flat) + 1)): evenly spread
+    after = {round((j + 1) * len(generic) / (len(flat) + 1)): j for j in range(len(flat))}
+    lines = []
+    for i, line in enumerate(generic, start=1):
+        lines.append(line)
+        if i in after:
+            lines.append(flat[after[i]])
+    lines += [flat[j] for j in range(len(flat)) if j not in after.values()]
     out = Path(args.out)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"{out}: {len(generic)} generic texts + {len(texts)} skill texts "
