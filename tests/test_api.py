@@ -152,7 +152,8 @@ def test_cli_eval_with_method(model_dir, tmp_path, cli):
     data.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in cases()))
     out = _cli(cli, "eval", "--model", str(model_dir), "--data", str(data), "--method", "ft-l", "--set",
                "steps=2", "--stats-dir", str(tmp_path), "--json")
-    assert set(out) == {"method", "n", "pre", "post"} and out["method"] == "ft-l" and out["n"] == 3
+    assert set(out) == {"method", "n", "pre", "post", "batch", "hparams"} and out["method"] == "ft-l"
+    assert out["n"] == 3 and out["hparams"]["steps"] == 2
     assert {"efficacy", "paraphrase", "neighborhood", "score"} <= set(out["post"])
 
 
