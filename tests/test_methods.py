@@ -224,7 +224,8 @@ def test_cached_prefix_forward_equals_the_full_forward(tok, family):
         ref = model.base_model(**full.inputs(rows)).last_hidden_state
     kv = split.prefix_cache(model)
     with add_at(model, module, split.pos, vectors), torch.no_grad():
-        got = model.base_model(**split.inputs(rows, split.cache(model, kv, rows))).last_hidden_state
+        inputs = split.inputs(rows, split.cache(model, kv, rows), model=model.base_model)
+        got = model.base_model(**inputs).last_hidden_state
     assert torch.allclose(got[split.tok_row, split.tok_col], ref[full.tok_row, full.tok_col], atol=1e-5)
     assert torch.allclose(got[split.kl_row, split.kl_col], ref[full.kl_row, full.kl_col], atol=1e-5)
     assert torch.isfinite(got[split.batch.attention_mask.bool()]).all()
