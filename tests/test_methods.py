@@ -388,7 +388,8 @@ def test_presets_are_data_files_found_by_the_model_config():
     assert preset_values("smollm2", "r-rome") == {**preset_values("smollm2", "rome"), "v_stop_on": "loss"}
     assert preset_values("llama", "r-rome") == preset_values("llama", "rome")
     # smollm2.yaml starts from llama.yaml (base: llama): what it does not set is Llama's, what it sets wins
-    assert preset_values("smollm2", "alphaedit")["v_lr"] == preset_values("llama", "alphaedit")["v_lr"]
+    assert preset_values("smollm2", "encore")["v_argmax_hits"] == preset_values("llama", "encore")["v_argmax_hits"]
+    assert preset_values("llama", "alphaedit")["v_lr"] == 0.1 and preset_values("smollm2", "alphaedit")["v_lr"] == 0.5
     assert preset_values("smollm2", "rome")["v_steps"] == preset_values("llama", "rome")["v_steps"]
     assert preset_values("smollm2", "rome")["mom2_n_tokens"] == 15360
     classes = {m: get_method_class(m).Hparams for m in method_names()}
