@@ -133,16 +133,9 @@ def measure_anchor(ctx: EditContext, module: str, hp: TargetHparams) -> float:
     solved on the model as it is now (``EditContext.norm_anchor`` calls this once, on the unedited model)."""
     items = calibration_items(ctx, hp)
     plain = hp.updated(norm_anchor=False)
-    prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
-    norms = []
-    # as optimize_targets' own chunks, one call each, so a long calibration shows its progress
     with progress_bar(f"norm anchor: calibration edits at {module}", len(items), ctx.progress) as advance:
-        for i in range(0, len(items), plain.target_batch):
-            chunk = items[i: i + plain.target_batch]
-            res = optimize_targets(ctx, chunk, module, plain, prefixes)
-            norms.append((unedited_values(ctx, chunk, module, res) + res.delta).norm(dim=1))
-            advance(len(chunk))
-    return trimmed_mean(torch.cat(norms))
+        res = optimize_targets(ctx, items, module, plain, ctx.prefixes(PrefixSpec.from_hparams(hp)), advance)
+    return trimmed_mean((unedited_values(ctx, items, module, res) + res.delta).norm(dim=1))
 
 
 def anchor_key(module: str, hp: TargetHparams) -> tuple[str, str]:

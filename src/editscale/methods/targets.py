@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -432,15 +432,20 @@ def optimize_targets(
     module: str,
     hp: TargetHparams,
     prefixes: Sequence[Sequence[str]],
+    advance: Callable[[int], object] | None = None,
 ) -> TargetResult:
     """Target vectors for all ``requests``: a delta added to ``module``'s output at the last subject token.
 
     ``module`` is the MLP output matrix of the edited layer (ROME's v*) or a decoder layer (MEMIT's z, the
-    residual stream). Requests are optimised ``hp.target_batch`` at a time, each exactly as on its own.
+    residual stream). Requests are optimised ``hp.target_batch`` at a time, each exactly as on its own;
+    ``advance(n)``, when given, is called after each chunk of n requests (a progress bar's).
     """
     items = as_items(requests)
-    parts = [_optimize_chunk(ctx, items[i: i + hp.target_batch], module, hp, prefixes)
-             for i in range(0, len(items), hp.target_batch)]
+    parts = []
+    for i in range(0, len(items), hp.target_batch):
+        parts.append(_optimize_chunk(ctx, items[i: i + hp.target_batch], module, hp, prefixes))
+        if advance is not None:
+            advance(len(parts[-1].steps))
     res = TargetResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
                          ("target", "init", "delta", "loss", "nll", "steps")))
     if hp.norm_anchor:  # NAS: each v* rescaled to the unedited model's anchor norm (methods/norm_anchor.py)
