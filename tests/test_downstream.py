@@ -296,7 +296,7 @@ def test_metrics_on_a_hand_made_case():
 
 def test_task_names():
     assert parse_task_names("sst2, cola,sst2") == ["sst2", "cola"]
-    with pytest.raises(ConfigError, match=r"unknown task 'qnli'; valid tasks: sst2, mrpc, rte, cola, skills"):
+    with pytest.raises(ConfigError, match=r"unknown task 'qnli'; valid tasks: sst2, mrpc, rte, cola, skills, perplexity, known-facts"):
         parse_task_names("sst2,qnli")
     with pytest.raises(ConfigError, match="no tasks given"):
         parse_task_names(" , ")
@@ -416,7 +416,7 @@ def test_cli_table_and_skills(cli, model_dir, monkeypatch):
 def test_cli_errors(cli, tmp_path):
     code, out, err = cli("downstream", "--model", "unused", "--tasks", "sst2,squad")
     assert code == 2 and out == ""
-    assert err.strip() == "error: unknown task 'squad'; valid tasks: sst2, mrpc, rte, cola, skills"
+    assert err.strip() == "error: unknown task 'squad'; valid tasks: sst2, mrpc, rte, cola, skills, perplexity, known-facts"
     code, _, err = cli("downstream", "--model", "unused", "--tasks", "cola", "--data-dir", str(tmp_path))
     assert code == 2 and err.startswith("error: no cola dev set in") and err.count("\n") == 1
     code, _, err = cli("downstream", "--model", "unused", "--n", "3", "--data-dir", str(tmp_path))

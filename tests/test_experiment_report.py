@@ -63,7 +63,7 @@ def test_report_of_two_runs(tmp_path):
 def test_report_downstream_table_flags_tasks_at_chance(tmp_path):
     fake_run(tmp_path / "a", "rome")
     rows = {r["task"]: r for r in downstream_rows(load_run(tmp_path / "a"))}
-    assert rows["sst2"]["F1 unedited"] == "0.900" and rows["sst2"]["F1 last"] == "0.300 (60 edits)"
+    assert rows["sst2"]["unedited"] == "0.900" and rows["sst2"]["last"] == "0.300 (60 edits)"
     assert rows["sst2"]["change"] == "-0.600" and rows["sst2"]["note"] == ""
     assert rows["rte"]["change"] == "+0.000" and "at chance (MCC 0.05)" in rows["rte"]["note"]
     html = write_report([tmp_path / "a"]).read_text()

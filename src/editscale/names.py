@@ -15,8 +15,10 @@ Models (``resolve_model_path``):
 ``model_listing()`` says, for every known name, whether it is installed, built or converted, and where.
 
 Data (``resolve_data_path``): ``testbed:NAME`` is that testbed's facts (``world.jsonl``, built on first use);
-anything else is a records file. Statistics corpora (``resolve_corpus_path``): ``testbed:NAME`` is that
-testbed's directory (its ``corpus.txt``); anything else is returned as given.
+a named dataset (``counterfact-val``, ``zsre``, ``editscale.data.sources``) is its file fetched into
+``$EDITSCALE_HOME/data``; anything else is a records file. Statistics corpora (``resolve_corpus_path``):
+``testbed:NAME`` is that testbed's directory (its ``corpus.txt``), a named text (``wikitext-2-valid``) its
+fetched file; anything else is returned as given.
 
 ``load_model`` and ``load_cases`` resolve and load in one call; ``editscale.load_model`` is this one.
 """
@@ -34,6 +36,7 @@ from torch import nn
 from editscale.cache import cache_root
 from editscale.data.readers import load_cases as _read_cases
 from editscale.data.records import EditCase
+from editscale.data.sources import resolve_named
 from editscale.errors import ModelLoadError
 from editscale.model import gguf
 from editscale.model.anatomy import Anatomy
@@ -127,13 +130,14 @@ def resolve_model_path(name_or_path: str | Path, *, progress: bool | None = None
 
 
 def resolve_data_path(spec: str | Path) -> str:
-    """A records file: ``testbed:NAME`` is that testbed's ``world.jsonl`` (built if needed)."""
+    """A records file: ``testbed:NAME`` is that testbed's ``world.jsonl`` (built if needed), a named dataset
+    (``counterfact-val``, ``editscale.data.sources``) its fetched file."""
     spec = str(spec)
     if spec.startswith(TESTBED_PREFIX):
         from editscale.testbed.train import WORLD_FILE
 
         return str(_testbed_dir(spec) / WORLD_FILE)
-    return spec
+    return resolve_named(spec)
 
 
 def resolve_corpus_path(spec: T) -> T | str:
@@ -141,7 +145,7 @@ def resolve_corpus_path(spec: T) -> T | str:
     (whose ``corpus.txt`` is read); anything else (a file, ``hub:NAME``, a list of texts) is returned."""
     if isinstance(spec, str) and spec.startswith(TESTBED_PREFIX):
         return str(_testbed_dir(spec))
-    return spec
+    return resolve_named(spec) if isinstance(spec, str) else spec
 
 
 def load_model(name_or_path: str | Path, **options: Any) -> tuple[nn.Module, Any, Anatomy]:

@@ -1,4 +1,5 @@
-"""``editscale downstream``: few-shot F1 of a model on the paper's GLUE tasks or a testbed model's skills."""
+"""``editscale downstream``: few-shot F1 on the paper's GLUE tasks or a testbed model's skills, and the general-ability
+probes (perplexity, known-fact retention)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from editscale.cli.evaluate import ModelOpt
 @app.command("downstream")
 def downstream_command(
     model: ModelOpt,
-    tasks: Annotated[str, typer.Option(help="Comma-separated: sst2, mrpc, rte, cola; or skills (a testbed "
-                                            "model's four synthetic skills).")] = "sst2,mrpc,rte,cola",
-    data_dir: Annotated[Path | None, typer.Option(help="Folder of GLUE dev sets (SST-2/dev.tsv, MRPC/dev.tsv, "
-                                                       "RTE/dev.tsv, CoLA/dev.tsv; GLUE TSV or Hugging Face "
-                                                       "export). Default: the hub, where a network exists.")] = None,
+    tasks: Annotated[str, typer.Option(help="Comma-separated: sst2, mrpc, rte, cola; skills (a testbed model's four "
+                                            "synthetic skills); perplexity (held-out text), known-facts (retention "
+                                            "of facts the model gets right).")] = "sst2,mrpc,rte,cola",
+    data_dir: Annotated[Path | None, typer.Option(help="Folder of the data: GLUE dev sets (SST-2/dev.tsv, ...; GLUE "
+                                                       "TSV or Hugging Face export), wikitext/, known_1000/. "
+                                                       "Default: the hub for GLUE, $EDITSCALE_HOME/data for the "
+                                                       "probes (a testbed model reads its own).")] = None,
     n: Annotated[int, typer.Option("--n", help="Examples per task, n/2 of each class; 0: the whole dev set.",
                                    min=0)] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the balanced subsets.")] = 0,
@@ -28,17 +31,21 @@ def downstream_command(
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda:0.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
-    """Few-shot F1, accuracy and MCC of MODEL with the prompts of Gupta et al. 2024 (appendix A.3)."""
-    from editscale.eval.downstream import SKILLS, DownstreamSuite, parse_task_names, resolve_tasks
+    """Few-shot F1, accuracy and MCC of MODEL with the prompts of Gupta et al. 2024 (appendix A.3); perplexity
+    and known-fact retention."""
+    from editscale.eval.downstream import SKILLS, parse_task_names, prepare_panel, resolve_tasks
+    from editscale.eval.panel import PROBE_TASKS
     from editscale.names import load_model, resolve_model_path
 
     names = parse_task_names(tasks)
-    subset = n or None
-    glue = resolve_tasks([x for x in names if x != SKILLS], data_dir=data_dir, n=subset, seed=seed)
+    # GLUE's data is read (and refused) before the model is loaded; skills and probes need the model's directory
+    glue = {t.name: t for t in resolve_tasks([x for x in names if x not in (SKILLS, *PROBE_TASKS)],
+                                             data_dir=data_dir, n=n or None, seed=seed)}
     path = resolve_model_path(model)
-    skills = resolve_tasks([SKILLS], n=subset, seed=seed, model_dir=path) if SKILLS in names else []
     lm, tok, _ = load_model(path, dtype=dtype, device=device)
-    results = DownstreamSuite([*glue, *skills], tok, batch_size=batch_size).evaluate(lm, progress=None)
+    panel = prepare_panel([glue.get(x, x) for x in names], lm, tok, data_dir=data_dir, n=n or None, seed=seed,
+                          model_dir=path, batch_size=batch_size)
+    results = panel.evaluate(lm, progress=None)
     if json_out:
         print_json(results)
         return
@@ -50,9 +57,13 @@ def _print_table(title: str, results: dict[str, dict[str, float]]) -> None:
     from rich.table import Table
 
     table = Table(title=title)
+    from editscale.eval.panel import primary_metric
+
     table.add_column("task")
-    for col in ("n", "F1", "accuracy", "MCC"):
+    for col in ("n", "score", "accuracy", "MCC"):
         table.add_column(col, justify="right")
     for name, r in results.items():
-        table.add_row(name, str(r["n"]), f"{r['f1']:.3f}", f"{r['accuracy']:.3f}", f"{r['mcc']:+.3f}")
+        metric = primary_metric(name)
+        table.add_row(name, str(r["n"]), f"{metric.replace('f1', 'F1')} {r[metric]:.3f}",
+                      f"{r['accuracy']:.3f}" if "accuracy" in r else "", f"{r['mcc']:+.3f}" if "mcc" in r else "")
     Console().print(table)

@@ -231,7 +231,8 @@ def _norm(name: str) -> str:
 def _task_files(spec: _GlueTask, data_dir: Path) -> list[Path]:
     """The dev file(s) of a task under ``data_dir`` (its folder matched case- and dash-insensitively)."""
     wanted = {_norm(f) for f in spec.folders}
-    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and _norm(p.name) in wanted)
+    roots = [data_dir] + ([data_dir / "glue"] if (data_dir / "glue").is_dir() else [])  # a data home keeps glue/
+    folders = sorted(p for root in roots for p in root.iterdir() if p.is_dir() and _norm(p.name) in wanted)
     for folder in folders:
         for fname in _DEV_FILES:
             if (folder / fname).is_file():

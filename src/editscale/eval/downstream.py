@@ -25,6 +25,7 @@ from torch import nn
 
 from editscale.data.downstream import GLUE_TASKS, FewShotTask, glue_task, skill_tasks
 from editscale.errors import ConfigError
+from editscale.eval.panel import PROBE_TASKS, prepare_probe
 from editscale.eval.scoring import score_continuations
 from editscale.model.compat import cache_kwargs, output_cache
 from editscale.model.loading import model_device
@@ -32,7 +33,7 @@ from editscale.model.tokens import encode, ensure_pad_token, pad_batch, target_i
 from editscale.progress import progress_bar
 
 SKILLS = "skills"
-TASK_NAMES: tuple[str, ...] = (*GLUE_TASKS, SKILLS)
+TASK_NAMES: tuple[str, ...] = (*GLUE_TASKS, SKILLS, *PROBE_TASKS)
 
 
 def classification_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
@@ -194,6 +195,8 @@ def resolve_tasks(names_or_tasks: str | Sequence[str | FewShotTask], *, data_dir
             tasks.append(item)
             continue
         for name in parse_task_names(item):
+            if name in PROBE_TASKS:  # not few-shot tasks: see prepare_panel
+                continue
             if name != SKILLS:
                 tasks.append(glue_task(name, data_dir, n=n, seed=seed))
                 continue
@@ -216,6 +219,44 @@ def prepare_suite(names_or_tasks: str | Sequence[str | FewShotTask], *, tokenize
         model_dir = own_dir
     tasks = resolve_tasks(names_or_tasks, data_dir=data_dir, n=n, seed=seed, model_dir=model_dir)
     return DownstreamSuite(tasks, tokenizer, batch_size=batch_size)
+
+
+class Panel:
+    """Few-shot tasks and the general-ability probes (``eval/panel.py``) evaluated together:
+    ``evaluate(model)`` returns ``{task: {metric: value, "n": count}}`` in the order the tasks were named."""
+
+    def __init__(self, suite: DownstreamSuite | None, probes: Sequence, order: Sequence[str]):
+        self.suite, self.probes, self.order = suite, tuple(probes), tuple(order)
+
+    def evaluate(self, model: nn.Module, *, progress: bool | None = False) -> dict[str, dict[str, float]]:
+        out = self.suite.evaluate(model, progress=progress) if self.suite is not None else {}
+        for probe in self.probes:
+            out[probe.name] = probe.evaluate(model)
+        rank = {name: i for i, name in enumerate(self.order)}
+        return dict(sorted(out.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
+def prepare_panel(names: str | Sequence[str | FewShotTask], model: nn.Module, tokenizer, *, data_dir: str | Path | None = None,
+                  n: int | None = 200, seed: int = 0, model_dir: str | Path | None = None,
+                  batch_size: int = 16) -> Panel:
+    """The named tasks, prepared on the model as it is now (the unedited one: the known facts are chosen on
+    it). Probes read a testbed model's own world and grammar when ``model_dir`` is a testbed model's, else
+    ``data_dir`` (default ``$EDITSCALE_HOME/data``), like GLUE."""
+    from editscale.model.loading import MANIFEST_FILE
+
+    wanted = parse_task_names(names) if isinstance(names, str) else list(names)
+    testbed = Path(model_dir) if model_dir is not None and (Path(model_dir) / MANIFEST_FILE).is_file() else None
+    probes = [prepare_probe(name, model, tokenizer, data_dir=data_dir, testbed_dir=testbed,
+                            n=200 if n is None else n, seed=seed, batch_size=batch_size)
+              for name in wanted if isinstance(name, str) and name in PROBE_TASKS]
+    few_shot = [x for x in wanted if not (isinstance(x, str) and x in PROBE_TASKS)]
+    suite = None
+    if few_shot:
+        suite = prepare_suite(few_shot, tokenizer=tokenizer, data_dir=data_dir, n=n, seed=seed, model_dir=model_dir,
+                              batch_size=batch_size)
+    order = [t for x in wanted for t in ((x.name,) if isinstance(x, FewShotTask) else (x,) if x != SKILLS
+                                         else (suite.names if suite else ()))]
+    return Panel(suite, probes, order)
 
 
 def evaluate_task(model: nn.Module, tokenizer, task: FewShotTask, batch_size: int = 16) -> dict[str, float]:

@@ -81,7 +81,9 @@ class RunConfig(_Strict):
     downstream_every: int = Field(0, ge=0)  # 0: no downstream evaluation
     seed: int = 0
     unique: Literal["subject", "fact"] = "subject"  # never edit a subject twice (the paper), or a fact twice
-    downstream_tasks: str | None = None  # default: "skills" for testbed models, else "sst2,mrpc,rte,cola"
+    # default: "skills" for testbed models; for others the panel a model of any size can show (perplexity on
+    # WikiText-2, retention of known facts, SST-2); GLUE's four tasks: "sst2,mrpc,rte,cola"
+    downstream_tasks: str | None = None
     downstream_n: int = Field(200, ge=2)
     downstream_data_dir: str | None = None
     eval_batch_size: int = Field(64, ge=1)
@@ -130,13 +132,13 @@ class RunConfig(_Strict):
 
     @property
     def tasks(self) -> str:
-        """The downstream tasks: as given, else a testbed model's skills, else the paper's four GLUE tasks."""
+        """The downstream tasks: as given, else a testbed model's skills, else the general-ability panel."""
         from editscale.model.loading import MANIFEST_FILE
 
         if self.downstream_tasks is not None:
             return self.downstream_tasks
         testbed = self.model.startswith("testbed:") or (Path(self.model).expanduser() / MANIFEST_FILE).is_file()
-        return "skills" if testbed else "sst2,mrpc,rte,cola"
+        return "skills" if testbed else "perplexity,known-facts,sst2"
 
     def to_dict(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")

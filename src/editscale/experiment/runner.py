@@ -154,13 +154,12 @@ def _probe_case(case: EditCase) -> EditCase:
 
 def _downstream_evaluator(cfg: RunConfig, model: nn.Module, tokenizer) -> Callable[[], dict[str, dict[str, float]]]:
     """Prepare the downstream suite once; the returned callable evaluates the model as it is now."""
-    from editscale.eval.downstream import DownstreamSuite, resolve_tasks
+    from editscale.eval.downstream import prepare_panel
     from editscale.names import resolve_model_path
 
-    tasks = resolve_tasks(cfg.tasks, data_dir=cfg.downstream_data_dir, n=cfg.downstream_n, seed=cfg.seed,
-                          model_dir=resolve_model_path(cfg.model))
-    suite = DownstreamSuite(tasks, tokenizer, batch_size=cfg.eval_batch_size)
-    return lambda: suite.evaluate(model)
+    panel = prepare_panel(cfg.tasks, model, tokenizer, data_dir=cfg.downstream_data_dir, n=cfg.downstream_n,
+                          seed=cfg.seed, model_dir=resolve_model_path(cfg.model), batch_size=cfg.eval_batch_size)
+    return lambda: panel.evaluate(model)
 
 
 class _Run:

@@ -11,6 +11,8 @@ every combination is one cell, an ordinary run directory ``out_dir/CELL`` with i
       method: [rome, memit]           # or {name: memit, hparams: {...}} entries
       seed: [0, 1, 2, 3]
       method.hparams.layer: [0, 1]    # a dotted key reaches inside a field
+    # or a list of such mappings: the union of their cells (grid: [{method: [rome, memit]},
+    #                                                            {method: [rome], guard.revert: [true]}])
     sweep:                            # optional: how the cells run
       gpus: 0                         # GPUs per cell (default: 1 where the cell's device is cuda, else 0)
       retries: 2                      # a cell that crashes is retried from its last checkpoint
@@ -98,7 +100,7 @@ class Cell:
 class Grid:
     source: str
     base: dict[str, Any]
-    grid: dict[str, list[Any]]
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]]  # a list: several grids, their cells' union
     options: SweepOptions
     cells: list[Cell]
 
@@ -208,22 +210,29 @@ def parse_grid(data: Any, source: str = "grid file") -> Grid:
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a mapping: a run config with a 'grid:' of lists")
     base = dict(data)
-    grid = _check_grid(base.pop("grid", None), base, source)
+    raw = base.pop("grid", None)
+    if isinstance(raw, list) and not raw:
+        raise ConfigError(f"{source} field 'grid' is an empty list; give a mapping, or a list of mappings")
+    grids = [_check_grid(sub, base, source) for sub in (raw if isinstance(raw, list) else [raw])]
     try:
         options = SweepOptions.model_validate(base.pop("sweep", None) or {})
     except ValidationError as e:
         raise config_error(f"{source} sweep", e) from None
-    keys = list(grid)
-    combos = list(itertools.product(*(grid[k] for k in keys)))
-    names, groups = _names(keys, combos)
-    cells = []
-    for name, group, combo in zip(names, groups, combos):
-        cfg = copy.deepcopy(base)
-        for key, value in zip(keys, combo):
-            _set_path(cfg, key, value, source)
-        cfg.setdefault("threads", 1)
-        cells.append(Cell(name, dict(zip(keys, combo)), parse_config(cfg, source=f"{source} cell {name}"), group))
-    return Grid(source, base, grid, options, cells)
+    cells: list[Cell] = []
+    for grid in grids:  # a list of grids: the union of their cells
+        keys = list(grid)
+        combos = list(itertools.product(*(grid[k] for k in keys)))
+        names, groups = _names(keys, combos)
+        for name, group, combo in zip(names, groups, combos):
+            if any(c.name == name for c in cells):
+                raise ConfigError(f"{source}: two grids make the cell {name!r}; give each cell once")
+            cfg = copy.deepcopy(base)
+            for key, value in zip(keys, combo):
+                _set_path(cfg, key, value, source)
+            cfg.setdefault("threads", 1)
+            cells.append(Cell(name, dict(zip(keys, combo)), parse_config(cfg, source=f"{source} cell {name}"),
+                              group))
+    return Grid(source, base, grids if isinstance(raw, list) else grids[0], options, cells)
 
 
 def load_grid(path: str | Path) -> Grid:

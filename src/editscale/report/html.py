@@ -9,6 +9,7 @@ from typing import Any
 
 from editscale.errors import RunStateError
 from editscale.eval.metrics import METRICS, metrics_at
+from editscale.eval.panel import KNOWN_FACTS, PERPLEXITY, primary_metric
 from editscale.experiment.runner import summarize
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.report.plots import RunData, load_run, write_plots
@@ -48,7 +49,19 @@ def _f1_changes(run: RunData) -> list[tuple[str, int, float, int, float, float |
     """Per task evaluated at least once: (task, edits at its first and last evaluation with their F1, and the
     unedited model's MCC), what the downstream table and the skill change both read."""
     return [(task, int(n[0]), f1[0], int(n[-1]), f1[-1], run.unedited_mcc.get(task))
-            for task, (n, f1) in run.downstream.items() if len(f1)]
+            for task, (n, f1) in run.downstream.items() if len(f1) and primary_metric(task) == "f1"]
+
+
+def probe_changes(run: RunData) -> dict[str, str]:
+    """The general-ability probes from the unedited model to the last evaluation: perplexity's relative change
+    and the share of known facts still right (``-`` where a probe was not evaluated before and after edits)."""
+    out = {"perplexity change": "-", "known facts kept": "-"}
+    ppl, known = run.downstream.get(PERPLEXITY), run.downstream.get(KNOWN_FACTS)
+    if ppl is not None and len(ppl[1]) > 1 and ppl[0][0] == 0:
+        out["perplexity change"] = f"{100 * (ppl[1][-1] / ppl[1][0] - 1):+.1f}%"
+    if known is not None and len(known[1]) > 1 and known[0][0] == 0:
+        out["known facts kept"] = f"{100 * known[1][-1]:.1f}"
+    return out
 
 
 def skill_f1_change(run: RunData) -> tuple[float, str | None, float]:
@@ -83,6 +96,7 @@ def run_summary_row(run_dir: Path, run: RunData) -> dict[str, Any]:
     row.update({"first flagged edit": str(s["flagged"][0]) if s["flagged"] else "-",
                 "flagged": str(len(s["flagged"])), "refused": str(len(s["refused"])),
                 "skill F1 change": "-" if math.isnan(skill) else f"{skill:+.3f} (worst: {worst} {worst_change:+.3f})",
+                **probe_changes(run),
                 METRICS["distance_per_element"].label: METRICS["distance_per_element"].format(
                     s["distance_per_element"]),
                 "method s / edit": _num(s["method_seconds_per_edit"], 2),
@@ -91,13 +105,17 @@ def run_summary_row(run_dir: Path, run: RunData) -> dict[str, Any]:
 
 
 def downstream_rows(run: RunData) -> list[dict[str, str]]:
-    """Per task: F1 of the unedited model, F1 at the last evaluation, the change, and a note when the unedited
-    model was at chance (its MCC below ``CHANCE_MCC``)."""
+    """Per task: its metric (F1; perplexity and retention for the probes) of the unedited model, at the last
+    evaluation, the change, and a note when the unedited model was at chance (its MCC below ``CHANCE_MCC``)."""
     out = []
-    for task, n0, first, n1, last, mcc0 in _f1_changes(run):
+    for task, (n, y) in run.downstream.items():
+        if not len(y):
+            continue
+        n0, first, n1, last, mcc0 = int(n[0]), y[0], int(n[-1]), y[-1], run.unedited_mcc.get(task)
         out.append({
-            "run": run.label, "task": task, "F1 unedited": _num(first) if n0 == 0 else f"{_num(first)} ({n0} edits)",
-            "F1 last": f"{_num(last)} ({n1} edits)",
+            "run": run.label, "task": task, "metric": primary_metric(task),
+            "unedited": _num(first) if n0 == 0 else f"{_num(first)} ({n0} edits)",
+            "last": f"{_num(last)} ({n1} edits)",
             "change": "-" if math.isnan(first) or math.isnan(last) else f"{last - first:+.3f}",
             "note": f"unedited model at chance (MCC {mcc0:.2f}): a change is noise, not lost ability"
                     if mcc0 is not None and mcc0 < CHANCE_MCC else "",

@@ -9,7 +9,7 @@ figure it is drawn in, one panel each.
   reference score), likewise;
 - ``forgetting.png`` (Figure 1d): % of earlier edits forgotten at each re-check, the scale paper's definition
   (solid) and editscale's P(new) > P(true) one (dashed);
-- ``downstream.png`` (Figure 2a-c): downstream F1 per task;
+- ``downstream.png`` (Figure 2a-c): downstream F1 per task (perplexity and known-fact retention for the probes);
 - ``distance.png`` (Figure 2d): distance of every edited matrix from its original, per element (the paper's
   code and Table 2; top) and per neuron (its text; bottom), one column per run.
 
@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from editscale.eval.metrics import METRICS, Metric, metrics_at
+from editscale.eval.panel import LOWER_IS_BETTER, PRIMARY_METRIC, primary_metric
 from editscale.experiment.store import RunStore
 
 WINDOWS = ((5, ":"), (50, "-"))
@@ -50,7 +51,7 @@ class RunData:
     recheck_edits: np.ndarray
     forgotten: np.ndarray  # fractions, the paper's definition
     forgotten_prob: np.ndarray
-    downstream: dict[str, tuple[np.ndarray, np.ndarray]]  # task -> (n_edits, f1)
+    downstream: dict[str, tuple[np.ndarray, np.ndarray]]  # task -> (n_edits, its primary metric: F1, perplexity, ...)
     distances: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # metric -> param -> (n_edits, value)
     layers: dict[str, int | None] = field(default_factory=dict)
     flagged: list[int] = field(default_factory=list)  # edit numbers of flagged updates
@@ -64,6 +65,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         edit_idx, series = store.edit_series(names)
         rc = np.array(store.recheck_series(), dtype=float).reshape(-1, 3)
         down = store.downstream_series("f1")
+        for task, metric in PRIMARY_METRIC.items():  # the probes, drawn by their own metric
+            down.update({t: v for t, v in store.downstream_series(metric).items() if t == task})
         mcc0 = store.downstream_at(0, "mcc")
         dist: dict[str, dict[str, list[tuple[int, float]]]] = {}
         layers: dict[str, int | None] = {}
@@ -190,10 +193,12 @@ def plot_downstream(runs: list[RunData], path: Path) -> Path | None:
                 x, y = run.downstream[task]
                 ax.plot(x, y, color=color, lw=1.8, marker="o", ms=3)
                 _mark_flagged(ax, run, x, y, color)
+        metric = primary_metric(task)
         ax.set_title(task)
         ax.set_xlabel("number of edits")
-        ax.set_ylabel("F1")
-        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel({"f1": "F1", "retention": "share still right"}.get(metric, metric))
+        if metric not in LOWER_IS_BETTER:  # a fraction; perplexity has no fixed range
+            ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")

@@ -25,6 +25,7 @@ import numpy as np
 
 from editscale.errors import RunStateError
 from editscale.eval.metrics import METRICS, Metric, metrics_at
+from editscale.eval.panel import primary_metric
 from editscale.experiment.runner import summarize
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.experiment.sweep import read_manifest
@@ -123,7 +124,7 @@ def write_sweep_plots(groups: dict[str, list[RunData]], out: Path) -> list[Path]
                            out / "sweep_forgetting.png"))
     tasks = sorted({t for rs in groups.values() for r in rs for t in r.downstream})
     if tasks:
-        written.append(_figure([(task, "F1", lambda r, t=task: r.downstream.get(t), 1.0, False) for task in tasks],
+        written.append(_figure([(task, primary_metric(task), lambda r, t=task: r.downstream.get(t), 1.0, False) for task in tasks],
                                groups, out / "sweep_downstream.png"))
     return written
 
@@ -180,7 +181,8 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
 
 def _page(manifest: dict[str, Any], images: list[Path], tables, links: list[dict[str, Any]],
           missing: list[str]) -> str:
-    grid = ", ".join(f"{k}: {len(v)} values" for k, v in manifest["grid"].items())
+    grids = manifest["grid"] if isinstance(manifest["grid"], list) else [manifest["grid"]]
+    grid = " + ".join("(" + ", ".join(f"{k}: {len(v)} values" for k, v in g.items()) + ")" for g in grids)
     sections = "".join(
         f"<h3>{html.escape(label)}</h3><p>{len(cells)} cell(s): "
         f"{html.escape(', '.join(c['name'] for c in cells))}</p>{_table(rows)}" for label, cells, rows in tables)

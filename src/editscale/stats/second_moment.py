@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from editscale.cache import cache_root
+from editscale.data.sources import SOURCES, source_file
 from editscale.errors import ConfigError, DataLoadError
 from editscale.model.anatomy import get_anatomy
 from editscale.model.hooks import capture, run_until
@@ -168,6 +169,7 @@ def resolve_corpus(spec: str | Path | Sequence[str] | Corpus | None, model_dir: 
     - a ``Corpus`` or a list of texts;
     - a path to an existing text file (one text per line), or a model directory with a corpus.txt (a testbed
       model's; ``editscale.names.resolve_corpus_path`` turns ``testbed:NAME`` into it);
+    - a named source of ``editscale.data.sources`` (``wikitext-2-valid``): its fetched file;
     - ``"hub:NAME[:CONFIG]"`` or any other name that is not a path: a hub dataset (needs a network).
     """
     if isinstance(spec, Corpus):
@@ -183,6 +185,8 @@ def resolve_corpus(spec: str | Path | Sequence[str] | Corpus | None, model_dir: 
             raise DataLoadError(f"no statistics corpus: this model ships none, and the default, {DEFAULT_CORPUS}, "
                                 f"needs the hub (a network and the 'datasets' package); {_PASS_A_FILE}") from None
     text = str(spec)
+    if text in SOURCES:  # a named public text, fetched into the data home
+        return Corpus.from_file(source_file(text))
     if text.startswith("testbed:"):
         raise DataLoadError(f"statistics corpus {text!r} names a testbed model; pass its directory instead "
                             f"(editscale.names.resolve_corpus_path({text!r}) gives it)")
