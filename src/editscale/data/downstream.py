@@ -308,11 +308,19 @@ def load_glue(name: str, data_dir: str | Path | None = None) -> list[Example]:
 
     ``data_dir`` holds one folder per task (``SST-2/dev.tsv``, ``MRPC/dev.tsv``, ``RTE/dev.tsv``,
     ``CoLA/dev.tsv`` or CoLA's ``in_domain_dev.tsv`` + ``out_of_domain_dev.tsv``; ``validation.tsv`` is
-    accepted too), each in the GLUE TSV layout or a Hugging Face export; without it the hub is used.
+    accepted too), each in the GLUE TSV layout or a Hugging Face export; without it the data home
+    ($EDITSCALE_HOME/data/glue, where `editscale data fetch` puts it), else the hub.
     """
     spec = _glue_spec(name)
-    if data_dir is None:
-        return _load_hub(spec)
+    if data_dir is None:  # fetched into the data home (`editscale data fetch sst2`), else the hub
+        from editscale.data.sources import data_home
+
+        home = data_home()
+        try:
+            _task_files(spec, home)
+            data_dir = home
+        except (DataLoadError, OSError):
+            return _load_hub(spec)
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DataLoadError(f"GLUE data directory {root} does not exist")
