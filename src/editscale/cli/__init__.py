@@ -48,6 +48,7 @@ _CHOSEN: dict[str, int] = {}  # what main chose before torch was imported
 # verbs register themselves on ``app`` when imported; one line per verb module
 from editscale.cli import (
     cache,  # noqa: F401
+    data,  # noqa: F401
     downstream,  # noqa: F401
     edit,  # noqa: F401
     evaluate,  # noqa: F401

@@ -4,7 +4,8 @@ Each named source is one file under the data home, ``$EDITSCALE_HOME/data`` (def
 ``~/.cache/editscale/data``), at a fixed relative path; ``editscale data fetch NAME`` downloads it there from
 its public URL. A name resolves to its file once fetched; before that, to a one-line error that says how to
 fetch it or to pass a local file instead. The downstream panel reads the same data home (``glue/``,
-``wikitext/``, ``known_1000/``).
+``wikitext/``, ``known_1000/``). ``editscale.data.fetch`` downloads (``EDITSCALE_DATA_MIRROR``: a base URL with
+the data home's layout, used instead of each source's URL) and keeps ``manifest.json`` in the data home.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Source:
     path: str  # relative to the data home
     url: str
     about: str
+    sha256: str | None = None  # of the file under the data home, when known: a fetch that differs is refused
 
 
 _HF = "https://huggingface.co/datasets"
