@@ -46,7 +46,8 @@ def main() -> None:
     from editscale.methods import rome
     from editscale.methods.base import Delta, Update
     from editscale.methods.context import key_sample
-    from editscale.methods.targets import PrefixSpec, as_items
+    from editscale.methods.prefixes import PrefixSpec
+    from editscale.methods.targets import as_items
     from editscale.names import load_cases, load_model
     from editscale.stats.second_moment import second_moments
 

@@ -52,7 +52,8 @@ def invented_requests(n: int):
 def main() -> None:
     from editscale.methods.context import EditContext
     from editscale.methods.hparams import MemitHparams, resolve_hparams
-    from editscale.methods.targets import PrefixSpec, optimize_targets
+    from editscale.methods.prefixes import PrefixSpec
+    from editscale.methods.targets import optimize_targets
 
     ap = argparse.ArgumentParser()
     add_model_options(ap)

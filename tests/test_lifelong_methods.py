@@ -33,9 +33,15 @@ from editscale.methods.hparams import (
     resolve_hparams,
 )
 from editscale.methods.memit import key_moment_name, memit_solve
-from editscale.methods.norm_anchor import anchor_vectors, trimmed_mean, unedited_values
+from editscale.methods.norm_anchor import (
+    anchor_for,
+    anchor_vectors,
+    anchored_targets,
+    trimmed_mean,
+    unedited_values,
+)
+from editscale.methods.prefixes import PrefixSpec
 from editscale.methods.targets import (
-    PrefixSpec,
     as_items,
     build_layout,
     optimize_targets,
@@ -308,20 +314,20 @@ def test_norm_anchor_rescales_every_methods_value_vectors(tok):
         ed = editor(model, tok, method, TEXTS, layers=[1], norm_anchor=True, norm_anchor_value=3.0)
         hp, ctx = ed.hparams, ed.context
         module = ctx.anatomy.layer_name(1)
-        res = optimize_targets(ctx, items, module, hp, ctx.prefixes(PrefixSpec.from_hparams(hp)))
+        res = anchored_targets(ctx, items, module, hp, ctx.prefixes(PrefixSpec.from_hparams(hp)))
         v_star = unedited_values(ctx, items, module, res) + res.delta
         torch.testing.assert_close(v_star.norm(dim=1), torch.full((2,), 3.0), rtol=1e-5, atol=1e-5)
         assert ed.compute(items).updates  # and the method runs with it
     tiny = editor(model, tok, "memit", TEXTS, layers=[1], norm_anchor=True, norm_anchor_value=1e-3, norm_anchor_skip=2.0)
     ctx, hp = tiny.context, tiny.hparams
-    res = optimize_targets(ctx, items, ctx.anatomy.layer_name(1), hp, ctx.prefixes(PrefixSpec.from_hparams(hp)))
+    res = anchored_targets(ctx, items, ctx.anatomy.layer_name(1), hp, ctx.prefixes(PrefixSpec.from_hparams(hp)))
     assert float(res.delta.abs().max()) == 0.0 and torch.equal(res.target, res.init)
 
 
 def test_norm_anchor_is_measured_once_on_calibration_edits(tok, tmp_path, monkeypatch):
     """Without a value, the anchor is the trimmed mean ||v*|| of calibration edits solved without anchoring,
     measured in Editor.prepare (the unedited model) and then reused; no records is a one-line error."""
-    import editscale.methods.context as context_module
+    import editscale.methods.norm_anchor as norm_anchor_module
     from editscale.data.records import EditCase
 
     records = tmp_path / "calib.jsonl"
@@ -329,14 +335,14 @@ def test_norm_anchor_is_measured_once_on_calibration_edits(tok, tmp_path, monkey
     records.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in cases))
     model = random_model("gpt2", vocab_size=len(tok))
     calls = []
-    measure = context_module.measure_anchor
-    monkeypatch.setattr(context_module, "measure_anchor", lambda *a: calls.append(a) or measure(*a))
+    measure = norm_anchor_module.measure_anchor
+    monkeypatch.setattr(norm_anchor_module, "measure_anchor", lambda *a: calls.append(a) or measure(*a))
     ed = editor(model, tok, "memit", TEXTS, layers=[1], norm_anchor=True, norm_anchor_data=str(records),
                 norm_anchor_samples=2).prepare()
     assert len(calls) == 1
     hp, ctx = ed.hparams, ed.context
     module = ctx.anatomy.layer_name(1)
-    anchor = ctx.norm_anchor(module, hp)
+    anchor = anchor_for(ctx, module, hp)
     # two of the three records, drawn with the reference's seed; each v* solved without anchoring
     import random
 

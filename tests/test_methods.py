@@ -25,9 +25,9 @@ from editscale.methods.hparams import (
     resolve_hparams,
 )
 from editscale.methods.memit import memit_solve
+from editscale.methods.prefixes import PrefixSpec
 from editscale.methods.rome import rank_one_solve
 from editscale.methods.targets import (
-    PrefixSpec,
     as_items,
     build_layout,
     optimize_targets,

@@ -1,9 +1,10 @@
 """``EditContext``: the model being edited and the caches that outlive one edit call.
 
 Everything a method needs besides its hyperparameters and requests: the model, its tokenizer and anatomy, a
-seed, the second-moment statistics (from an explicit on-disk ``StatsCache`` plus an in-memory copy) and the
-sampled context prefixes. No module-level caches: two contexts never share state unless given the same
-``StatsCache`` directory.
+seed, the second-moment statistics (from an explicit on-disk ``StatsCache`` plus an in-memory copy), the
+sampled context prefixes, and a memo for whatever else a method derives once from the unedited model (a norm
+anchor). No module-level caches: two contexts never share state unless given the same ``StatsCache``
+directory.
 
 The context records the model's fingerprint when it is created. Statistics and prefixes are meant to be
 those of the UNEDITED model (as in the papers, where they are computed once and cached), so create the context
@@ -12,15 +13,14 @@ those of the UNEDITED model (as in the papers, where they are computed once and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
-from editscale.methods.norm_anchor import anchor_key, measure_anchor
-from editscale.methods.targets import PrefixSpec, sample_prefixes
+from editscale.methods.prefixes import PrefixSpec, sample_prefixes
 from editscale.model.anatomy import Anatomy, get_anatomy
 from editscale.model.loading import fingerprint as model_fingerprint
 from editscale.model.loading import model_device, model_dir, read_testbed_manifest
@@ -28,9 +28,10 @@ from editscale.model.tokens import ensure_pad_token
 from editscale.stats.second_moment import Corpus, KeySample, StatsCache, resolve_corpus, second_moments
 
 if TYPE_CHECKING:
-    from editscale.methods.hparams import StatsHparams, TargetHparams
+    from editscale.methods.hparams import StatsHparams
 
 _DEFAULT = "default"
+T = TypeVar("T")
 
 
 def key_sample(hp: StatsHparams) -> KeySample:
@@ -88,7 +89,7 @@ class EditContext:
         self._corpora: dict[str, Corpus] = {}
         self._factors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # LU of each C
         self._projectors: dict[tuple, torch.Tensor] = {}  # AlphaEdit's null-space projector of each C
-        self._anchors: dict[tuple, float] = {}  # norm anchors (methods/norm_anchor.py)
+        self._memo: dict[Hashable, Any] = {}  # what methods derive once (memo), e.g. norm anchors
 
     @property
     def device(self) -> torch.device:
@@ -159,14 +160,11 @@ class EditContext:
             self._projectors[key] = null_space_projector(self.second_moment(layer, hp), threshold)
         return self._projectors[key]
 
-    # --- norm anchoring ---------------------------------------------------------------------------------
-    def norm_anchor(self, module: str, hp: TargetHparams) -> float:
-        """The norm every value vector at ``module`` is rescaled to (``norm_anchor_value``, else measured on
-        calibration edits by ``norm_anchor.measure_anchor``), measured once per context: create the context
-        (and call ``Editor.prepare``) before editing, so it is the unedited model's."""
-        if hp.norm_anchor_value is not None:
-            return float(hp.norm_anchor_value)
-        key = anchor_key(module, hp)
-        if key not in self._anchors:
-            self._anchors[key] = measure_anchor(self, module, hp)
-        return self._anchors[key]
+    # --- anything else derived once ---------------------------------------------------------------------
+    def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``'s value, computed once per context and ``key`` (e.g. a norm anchor, which
+        ``norm_anchor.anchor_for`` keys by its module and hyperparameters): what a method derives from the
+        unedited model lives as long as the context, not in a module-level cache."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]

@@ -18,7 +18,8 @@ from editscale.errors import EditError, RecordError
 from editscale.methods.base import Delta, EditState, get_method_class
 from editscale.methods.context import EditContext
 from editscale.methods.hparams import HparamsBase, resolve_hparams
-from editscale.methods.targets import EditItem, PrefixSpec, as_items
+from editscale.methods.prefixes import PrefixSpec
+from editscale.methods.targets import EditItem, as_items
 from editscale.stats.second_moment import Corpus, StatsCache
 
 RequestLike = EditRequest | EditCase | EditItem | Mapping[str, Any]

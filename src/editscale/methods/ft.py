@@ -25,7 +25,8 @@ from torch.func import functional_call
 
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
 from editscale.methods.hparams import FtHparams, FtWHparams
-from editscale.methods.targets import as_items, build_layout, frozen_eval
+from editscale.methods.targets import as_items, build_layout
+from editscale.model.hooks import frozen_eval
 
 if TYPE_CHECKING:
     from editscale.data.records import EditCase, EditRequest

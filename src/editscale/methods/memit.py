@@ -1,7 +1,7 @@
 """MEMIT (Meng et al. 2023): many edits at once, spread over several MLP output matrices.
 
 1. z_i = h_i^L + delta_i at the last edited layer L, for all requests in one batched optimisation
-   (``targets.optimize_targets`` on the residual stream after layer L).
+   (``targets.optimize_targets`` on the residual stream after layer L; ``norm_anchor`` rescales them when on).
 2. For each edited layer l in order, on the current weights (earlier layers' updates applied):
    K = prefix-averaged keys at l, R = (z - h^L) / (number of layers left, l included), and
    Delta_l = R^T K (lambda C_l + K^T K)^-1 in float64 (``memit_solve``), applied before the next layer.
@@ -21,7 +21,9 @@ import torch
 
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
 from editscale.methods.hparams import MemitHparams, SpreadHparams
-from editscale.methods.targets import EditItem, PrefixSpec, as_items, optimize_targets, subject_activations
+from editscale.methods.norm_anchor import anchor_for, anchored_targets
+from editscale.methods.prefixes import PrefixSpec
+from editscale.methods.targets import EditItem, as_items, subject_activations
 
 if TYPE_CHECKING:
     from editscale.data.records import EditCase, EditRequest
@@ -54,7 +56,7 @@ def spread_over_layers(ctx: EditContext, items: Sequence[EditItem], hp: SpreadHp
     layers = list(hp.layers)
     z_module = anatomy.layer_name(layers[-1])
     prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
-    res = optimize_targets(ctx, items, z_module, hp, prefixes)
+    res = anchored_targets(ctx, items, z_module, hp, prefixes)
     updates: dict[str, Update] = {}
     written: dict[int, torch.Tensor] = {}
     applied: list[Delta] = []
@@ -135,4 +137,4 @@ class Memit(EditMethod):
         """What the method computes once from the unedited model: the norm anchor, when it is on."""
         hp: SpreadHparams = self.hparams
         if hp.norm_anchor:
-            ctx.norm_anchor(ctx.anatomy.layer_name(hp.layers[-1]), hp)
+            anchor_for(ctx, ctx.anatomy.layer_name(hp.layers[-1]), hp)

@@ -74,8 +74,8 @@ from torch.func import functional_call
 from editscale.errors import ConfigError, EditError
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
 from editscale.methods.hparams import HparamsBase
-from editscale.methods.targets import EditItem, as_items, build_layout, frozen_eval
-from editscale.model.hooks import capture, edit_output
+from editscale.methods.targets import EditItem, as_items, build_layout
+from editscale.model.hooks import capture, edit_output, frozen_eval
 from editscale.model.loading import MANIFEST_FILE as TESTBED_MANIFEST
 from editscale.model.tokens import encode_batch
 

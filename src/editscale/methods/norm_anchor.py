@@ -2,8 +2,10 @@
 (``norm_anchor: true``) of every locate-then-edit method: ROME, r-ROME, MEMIT, EMMET, AlphaEdit, ENCORE.
 
 Each solved value vector v* is rescaled to one fixed norm of the unedited model before it is written, so that
-v* norms (and with them the edited weights) cannot grow edit after edit. ``targets.optimize_targets`` applies
-it to every target it returns; nothing else in the methods knows about it.
+v* norms (and with them the edited weights) cannot grow edit after edit. A method that offers it solves its
+targets with ``anchored_targets`` (``targets.optimize_targets``, then the anchor when ``norm_anchor`` is on)
+and measures the anchor in ``prepare`` (``anchor_for``); the ``EditContext`` keeps the anchor in its memo
+without knowing what it is.
 
 What the reference code does (``util/vstar_stats.py``, ``*/compute_z.py``, ``rome/compute_v.py``), which the
 paper's text leaves out:
@@ -26,8 +28,8 @@ Where editscale differs, and why:
   writes into the unedited model.
 - The calibration records are ``norm_anchor_data`` (default: the model directory's ``world.jsonl``, which
   testbed models ship; CounterFact for a real model), or the anchor is given as ``norm_anchor_value``. The
-  anchor is measured in ``Editor.prepare`` (through ``EditContext.norm_anchor``), i.e. on the unedited model,
-  also when a run resumes, so resume stays exact.
+  anchor is measured in ``Editor.prepare`` (through ``anchor_for``), i.e. on the unedited model, also when a
+  run resumes, so resume stays exact.
 """
 
 from __future__ import annotations
@@ -41,14 +43,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from editscale.errors import ConfigError
-from editscale.methods.targets import (
-    EditItem,
-    PrefixSpec,
-    TargetResult,
-    as_items,
-    optimize_targets,
-    subject_activations,
-)
+from editscale.methods.prefixes import PrefixSpec
+from editscale.methods.targets import EditItem, TargetResult, as_items, optimize_targets, subject_activations
 from editscale.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -104,7 +100,7 @@ def unedited_values(ctx: EditContext, items: Sequence[EditItem], module: str,
 def anchor_targets(ctx: EditContext, items: Sequence[EditItem], module: str, hp: TargetHparams,
                    res: TargetResult) -> TargetResult:
     """``res`` with every v* = v0 + delta rescaled to the anchor (or dropped, see ``anchor_vectors``)."""
-    anchor = ctx.norm_anchor(module, hp)
+    anchor = anchor_for(ctx, module, hp)
     v0 = unedited_values(ctx, items, module, res)
     anchored, _ = anchor_vectors(v0, v0 + res.delta, anchor, hp.norm_anchor_skip)
     delta = anchored - v0
@@ -130,7 +126,7 @@ def calibration_items(ctx: EditContext, hp: TargetHparams) -> list[EditItem]:
 
 def measure_anchor(ctx: EditContext, module: str, hp: TargetHparams) -> float:
     """The anchor for targets at ``module``: the upper-trimmed mean ||v*|| of the calibration edits, each
-    solved on the model as it is now (``EditContext.norm_anchor`` calls this once, on the unedited model)."""
+    solved on the model as it is now (``anchor_for`` calls this once per context, on the unedited model)."""
     items = calibration_items(ctx, hp)
     plain = hp.updated(norm_anchor=False)
     with progress_bar(f"norm anchor: calibration edits at {module}", len(items), ctx.progress) as advance:
@@ -142,3 +138,19 @@ def anchor_key(module: str, hp: TargetHparams) -> tuple[str, str]:
     """What the anchor depends on: the module and the hyperparameters (but the anchoring switches)."""
     fields = {k: v for k, v in hp.to_dict().items() if k not in ("norm_anchor", "norm_anchor_skip")}
     return module, json.dumps(fields, sort_keys=True)
+
+
+def anchor_for(ctx: EditContext, module: str, hp: TargetHparams) -> float:
+    """The norm every value vector at ``module`` is rescaled to: ``norm_anchor_value``, else measured on
+    calibration edits (``measure_anchor``) once per context and kept in its memo. Measure it before editing
+    (``Editor.prepare`` does), so it is the unedited model's."""
+    if hp.norm_anchor_value is not None:
+        return float(hp.norm_anchor_value)
+    return ctx.memo(("norm_anchor", *anchor_key(module, hp)), lambda: measure_anchor(ctx, module, hp))
+
+
+def anchored_targets(ctx: EditContext, items: Sequence[EditItem], module: str, hp: TargetHparams,
+                     prefixes: Sequence[Sequence[str]]) -> TargetResult:
+    """``targets.optimize_targets``, then each v* rescaled to the anchor when ``hp.norm_anchor`` is on."""
+    res = optimize_targets(ctx, items, module, hp, prefixes)
+    return anchor_targets(ctx, items, module, hp, res) if hp.norm_anchor else res

@@ -3,7 +3,8 @@ output matrix per request.
 
     W' = W + Lambda u^T,   u = C^-1 k* (normalised),   Lambda = (v* - W k - b) / <u, k>
 
-with k* the key averaged over the context prefixes and v* from ``targets.optimize_targets`` at the MLP output.
+with k* the key averaged over the context prefixes and v* from ``targets.optimize_targets`` at the MLP output
+(rescaled by ``norm_anchor`` when it is on).
 ROME, as the original code, uses the key of the bare prompt for k in Lambda (so W' k = v* exactly for the
 bare prompt, not for k*); this asymmetry is what Gupta et al. found behind ROME's disabling edits. r-ROME uses
 k* there too (W' k* = v*, with ``W k* + b`` the prefix-averaged MLP output).
@@ -22,7 +23,9 @@ import torch
 
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
 from editscale.methods.hparams import RomeHparams
-from editscale.methods.targets import EditItem, PrefixSpec, as_items, optimize_targets, subject_activations
+from editscale.methods.norm_anchor import anchor_for, anchored_targets
+from editscale.methods.prefixes import PrefixSpec
+from editscale.methods.targets import EditItem, as_items, subject_activations
 
 if TYPE_CHECKING:
     from editscale.data.records import EditCase, EditRequest
@@ -91,7 +94,7 @@ class Rome(EditMethod):
     def prepare(self, ctx: EditContext) -> None:
         """The norm anchor of the edited layer's value vectors, when it is on."""
         if self.hparams.norm_anchor:
-            ctx.norm_anchor(ctx.anatomy.mlp_out_name(self.hparams.layer), self.hparams)
+            anchor_for(ctx, ctx.anatomy.mlp_out_name(self.hparams.layer), self.hparams)
 
     def rank_one(self, ctx: EditContext, request: EditRequest | EditCase | EditItem) -> RankOne:
         """The rank-one update of one request on the model as it is (for tests and analysis)."""
@@ -105,7 +108,7 @@ class Rome(EditMethod):
         reads = subject_activations(ctx, [item], prefixes, [(module, True), (module, False)],
                                     average=hp.key_average, stop_after=module)
         keys, outs = reads[(module, True)], reads[(module, False)]
-        res = optimize_targets(ctx, [item], module, hp, prefixes)
+        res = anchored_targets(ctx, [item], module, hp, prefixes)
         if self.use_mean_key:
             key, out = keys.mean[0], outs.mean[0]
         else:

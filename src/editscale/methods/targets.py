@@ -1,8 +1,6 @@
-"""Machinery shared by every locate-then-edit method: context prefixes, keys, and target vectors.
+"""Machinery shared by every locate-then-edit method: keys and target vectors (the context prefixes they are
+read over are ``prefixes.py``'s).
 
-- ``sample_prefixes``: short texts the model itself generates (ROME: 10 of 5 tokens and 10 of 10 tokens from
-  the BOS token; MEMIT: 5 of 10 tokens from "The", "Therefore", ...), deterministic for a seed. The prompt
-  is put after each prefix, as "PREFIX. {subject} plays the sport of".
 - ``subject_activations``: inputs (keys) or outputs of any modules at the last subject token, for the bare
   prompt and averaged over the prefixed prompts.
 - ``optimize_targets``: the target vectors v* (ROME: at the MLP output of the edited layer) or z (MEMIT: in
@@ -20,8 +18,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,9 +27,9 @@ import torch
 from torch import nn
 
 from editscale.data.records import EditCase, EditRequest
-from editscale.errors import ConfigError, RecordError
+from editscale.errors import RecordError
 from editscale.model.compat import cache_kwargs, output_cache
-from editscale.model.hooks import add_at, capture, run_until, skip_modules
+from editscale.model.hooks import add_at, capture, frozen_eval, run_until, skip_modules
 from editscale.model.loading import model_device
 from editscale.model.tokens import Batch, continuation_ids, encode, last_subject_index, pad_batch
 
@@ -69,82 +67,8 @@ def as_items(requests: Iterable[EditRequest | EditCase | EditItem]) -> list[Edit
 
 
 # --------------------------------------------------------------------------------------------------------
-# model state for optimisation
+# activations at the last subject token
 # --------------------------------------------------------------------------------------------------------
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients inside the block (both restored afterwards), so optimising an
-    added vector never writes ``.grad`` into the model."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    for p, _ in flags:
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-# --------------------------------------------------------------------------------------------------------
-# context prefixes
-# --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PrefixSpec:
-    """How to sample context prefixes: (length in tokens incl. the start, count) per group."""
-
-    lengths: tuple[tuple[int, int], ...]
-    starts: tuple[str, ...] | None = None
-    top_k: int = 5
-
-    @classmethod
-    def from_hparams(cls, hp: TargetHparams) -> PrefixSpec:
-        starts = tuple(hp.context_starts) if hp.context_starts else None
-        return cls(tuple((int(a), int(b)) for a, b in hp.context_lengths), starts, hp.context_top_k)
-
-
-@torch.no_grad()
-def _sample(model: nn.Module, start: list[int], n: int, length: int, top_k: int, gen: torch.Generator) -> torch.Tensor:
-    """n top-k samples continuing ``start`` up to ``length`` tokens in all (rows share one length)."""
-    ids = torch.tensor([start] * n, dtype=torch.long, device=model_device(model))
-    while ids.shape[1] < length:
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float().cpu()
-        vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-        choice = torch.multinomial(torch.softmax(vals, -1), 1, generator=gen)
-        ids = torch.cat([ids, idx.gather(1, choice).to(ids.device)], 1)
-    return ids
-
-
-def sample_prefixes(model: nn.Module, tokenizer, spec: PrefixSpec, seed: int = 0) -> list[list[str]]:
-    """Groups of prefixes; group 0 is ``[""]`` (the bare prompt), each other group one ``spec.lengths`` entry.
-
-    Every prefix ends with ". " so that ``prefix + prompt`` reads "TEXT. {} plays ..." (as ROME's "{}. {}"
-    templates; braces in the samples are replaced by spaces).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if start_id is None and not spec.starts:
-        raise ConfigError("the tokenizer has neither a BOS nor an EOS token to sample context prefixes from; "
-                          "set context_starts (e.g. ['The', 'Therefore'])")
-    groups: list[list[str]] = [[""]]
-    with frozen_eval(model):
-        for length, count in spec.lengths:
-            if spec.starts:
-                starts = list(spec.starts)[: max(1, count)]
-                per = [count // len(starts) + (i < count % len(starts)) for i in range(len(starts))]
-                plan = [(encode(tokenizer, s), k) for s, k in zip(starts, per) if k > 0]
-            else:
-                plan = [([start_id], count)]
-            texts = []
-            for start, k in plan:
-                rows = _sample(model, start, k, max(length, len(start)), spec.top_k, gen)
-                texts += tokenizer.batch_decode(rows.tolist(), skip_special_tokens=True)
-            groups.append([t.replace("{", " ").replace("}", " ") + ". " for t in texts])
-    return groups
-
-
 def _row_weights(groups: Sequence[Sequence[str]], average: str) -> list[float]:
     """Weights of the prefixed prompts of one request in its averaged key (they sum to 1)."""
     if average == "grouped":  # MEMIT's compute_ks: mean within each group, then over groups
@@ -153,9 +77,6 @@ def _row_weights(groups: Sequence[Sequence[str]], average: str) -> list[float]:
     return [1.0 / n] * n
 
 
-# --------------------------------------------------------------------------------------------------------
-# activations at the last subject token
-# --------------------------------------------------------------------------------------------------------
 @dataclass
 class SubjectReads:
     """One module's input or output at the last subject token: per request, bare prompt and prefix average."""
@@ -446,13 +367,8 @@ def optimize_targets(
         parts.append(_optimize_chunk(ctx, items[i: i + hp.target_batch], module, hp, prefixes))
         if advance is not None:
             advance(len(parts[-1].steps))
-    res = TargetResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                         ("target", "init", "delta", "loss", "nll", "steps")))
-    if hp.norm_anchor:  # NAS: each v* rescaled to the unedited model's anchor norm (methods/norm_anchor.py)
-        from editscale.methods.norm_anchor import anchor_targets
-
-        res = anchor_targets(ctx, items, module, hp, res)
-    return res
+    return TargetResult(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                          ("target", "init", "delta", "loss", "nll", "steps")))
 
 
 def _optimize_chunk(ctx: EditContext, items: Sequence[EditItem], module: str, hp: TargetHparams,

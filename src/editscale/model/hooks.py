@@ -1,4 +1,5 @@
-"""Forward hooks as context managers: capture, add, stop early.
+"""Forward hooks as context managers: capture, add, stop early; and ``frozen_eval``, the model in eval mode with
+no parameter gradients for a block (optimising an added vector, sampling).
 
 Editing (keys, target vectors), statistics and causal tracing all use these, so there is one hook layer.
 Positions are given per batch row: ``positions[b]`` is the token index to read or write in row ``b``.
@@ -171,3 +172,20 @@ def skip_modules(model: nn.Module, names: Sequence[str], output: Callable[[], to
                 del module.forward
             else:
                 module.forward = own
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients inside the block (both restored afterwards), so optimising an
+    added vector never writes ``.grad`` into the model."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    for p, _ in flags:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
