@@ -59,7 +59,8 @@ def main() -> None:
 
     from editscale.data.downstream import skill_tasks
     from editscale.methods.context import EditContext, null_space_projector
-    from editscale.methods.hparams import AlphaEditHparams, preset_values
+    from editscale.methods.hparams import AlphaEditHparams
+    from editscale.methods.preset_resolution import preset_values
     from editscale.names import load_cases, load_model, resolve_model_path
 
     torch.set_num_threads(args.threads)

@@ -51,8 +51,9 @@ def invented_requests(n: int):
 
 def main() -> None:
     from editscale.methods.context import EditContext
-    from editscale.methods.hparams import MemitHparams, resolve_hparams
+    from editscale.methods.hparams import MemitHparams
     from editscale.methods.prefixes import PrefixSpec
+    from editscale.methods.preset_resolution import resolve_hparams
     from editscale.methods.targets import optimize_targets
 
     ap = argparse.ArgumentParser()

@@ -29,8 +29,6 @@ from editscale.methods.hparams import (
     EncoreHparams,
     MemitHparams,
     RomeHparams,
-    default_layers,
-    resolve_hparams,
 )
 from editscale.methods.memit import key_moment_name, memit_solve
 from editscale.methods.norm_anchor import (
@@ -41,6 +39,7 @@ from editscale.methods.norm_anchor import (
     unedited_values,
 )
 from editscale.methods.prefixes import PrefixSpec
+from editscale.methods.preset_resolution import default_layers, resolve_hparams
 from editscale.methods.targets import (
     as_items,
     build_layout,

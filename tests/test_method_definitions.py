@@ -11,7 +11,8 @@ from tiny import bpe_tokenizer, random_model
 from editscale.api import Editor
 from editscale.data.records import EditRequest
 from editscale.errors import ConfigError
-from editscale.methods.hparams import MemitHparams, RomeHparams, default_layers, resolve_hparams
+from editscale.methods.hparams import MemitHparams, RomeHparams
+from editscale.methods.preset_resolution import default_layers, resolve_hparams
 from editscale.model.anatomy import get_anatomy
 from editscale.stats.second_moment import Corpus
 

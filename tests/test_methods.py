@@ -20,12 +20,10 @@ from editscale.methods.hparams import (
     FtHparams,
     MemitHparams,
     RomeHparams,
-    default_layers,
-    model_kind,
-    resolve_hparams,
 )
 from editscale.methods.memit import memit_solve
 from editscale.methods.prefixes import PrefixSpec
+from editscale.methods.preset_resolution import default_layers, model_kind, resolve_hparams
 from editscale.methods.rome import rank_one_solve
 from editscale.methods.targets import (
     as_items,
@@ -373,7 +371,7 @@ def test_presets_are_data_files_found_by_the_model_config():
     valid for its method's Hparams and given with its reason in a comment, no module names (the anatomy's)."""
     from importlib import resources
 
-    from editscale.methods.hparams import preset_values, presets
+    from editscale.methods.preset_resolution import preset_values, presets
     from editscale.model.anatomy import FAMILIES as ANATOMIES
 
     def fake(model_type, n_layer, width):

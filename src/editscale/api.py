@@ -110,8 +110,9 @@ def train_mend(
     from editscale.cache import check_writable, refuse_inside_cache
     from editscale.errors import ConfigError
     from editscale.methods.context import EditContext
-    from editscale.methods.hparams import read_hparams_file, resolve_hparams
+    from editscale.methods.hparams import read_hparams_file
     from editscale.methods.mend import MendHparams, is_training_subject, is_world, train_and_save
+    from editscale.methods.preset_resolution import resolve_hparams
     from editscale.names import resolve_data_path
 
     if split not in ("auto", "subjects", "all"):

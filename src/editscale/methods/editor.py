@@ -17,8 +17,9 @@ from editscale.data.records import EditCase, EditRequest
 from editscale.errors import EditError, RecordError
 from editscale.methods.base import Delta, EditState, get_method_class
 from editscale.methods.context import EditContext
-from editscale.methods.hparams import HparamsBase, resolve_hparams
+from editscale.methods.hparams import HparamsBase
 from editscale.methods.prefixes import PrefixSpec
+from editscale.methods.preset_resolution import resolve_hparams
 from editscale.methods.targets import EditItem, as_items
 from editscale.stats.second_moment import Corpus, StatsCache
 
@@ -70,8 +71,8 @@ class Editor:
       (AlphaEdit's projectors, a norm anchor) now (otherwise on the first call).
 
     ``hparams`` is an Hparams object, a mapping of overrides or a YAML file; unset values come from the
-    model's preset (see ``editscale.methods.hparams``). Requests are ``EditRequest``s, ``EditCase``s (whose
-    other facts of the subject enter the KL term) or dicts.
+    model's preset (see ``editscale.methods.preset_resolution``). Requests are ``EditRequest``s,
+    ``EditCase``s (whose other facts of the subject enter the KL term) or dicts.
     """
 
     def __init__(
