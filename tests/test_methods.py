@@ -3,6 +3,7 @@ algebra of ROME and MEMIT (property tests), the batched target optimisation, pre
 
 from __future__ import annotations
 
+import json
 import warnings
 from types import SimpleNamespace
 
@@ -51,6 +52,43 @@ def texts():
 def test_builtin_methods_are_registered():
     assert set(METHODS) <= set(method_names())
     assert get_method_class("r-rome").name == "r-rome"
+
+
+def test_methods_declare_themselves_and_the_catalog_reads_it_without_torch():
+    """Each built-in method declares its own description and paper, what it prepares and its default layers;
+    the catalog (the CLI's help, which must not import torch) reads the same names and descriptions from the
+    source; the declarations drive presets, default layers and preparation."""
+    import subprocess
+    import sys
+
+    from editscale.methods.base import NEEDS, default_method
+    from editscale.methods.catalog import declared
+
+    builtin = {d.name: d for d in declared()}
+    assert set(METHODS) | {"mend"} <= set(builtin)
+    for name, d in builtin.items():
+        cls = get_method_class(name)
+        assert cls.__module__ == d.module and d.description == cls.description
+        assert cls.__dict__.get("description") and cls.__dict__.get("paper"), name  # its own, not inherited
+        assert set(cls.needs) <= set(NEEDS) and cls.layer_rule.describe()
+    assert default_method() == "memit"
+    assert get_method_class("r-rome").preset_sections() == ("rome", "r-rome")
+    assert get_method_class("alphaedit").needs[-1] == "projectors" and get_method_class("ft-l").needs == ()
+    code = ("import sys; from editscale.methods.catalog import method_help; import editscale.cli; "
+            "print(method_help('x')); assert 'torch' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert all(name in out for name in builtin)
+
+
+def test_the_methods_command_lists_the_declarations(cli):
+    code, out, _ = cli("methods", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and set(METHODS) <= set(rows)
+    assert rows["memit"]["default"] and not rows["alphaedit"]["default"]
+    assert rows["mend"]["needs"] == ["editor"] and "last 3 blocks" in rows["mend"]["default_layers"]
+    assert rows["r-rome"]["preset_sections"] == ["rome", "r-rome"]
+    code, out, _ = cli("methods")
+    assert code == 0 and "Mass-Editing Memory" in out
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -34,7 +34,7 @@ def edit(
     model: nn.Module,
     tokenizer,
     requests: RequestLike | Iterable[RequestLike],
-    method: str = "memit",
+    method: str | None = None,
     hparams: HparamsLike = None,
     **editor_options: Any,
 ) -> Delta:
@@ -43,6 +43,7 @@ def edit(
     ``delta.revert(model)`` restores the original weights bit-exactly. ``editor_options`` are those of
     ``Editor`` (``seed``, ``stats_cache``, ``corpus``, ``progress``). For many calls on one model use an
     ``Editor``, which keeps statistics and prefixes between calls. A ``corpus`` may be ``testbed:NAME``.
+    ``method``: a registered method's name (``editscale methods``); None, the default one (MEMIT).
     """
     if isinstance(editor_options.get("corpus"), str):
         editor_options["corpus"] = resolve_corpus_path(editor_options["corpus"])
@@ -111,7 +112,7 @@ def train_mend(
     from editscale.errors import ConfigError
     from editscale.methods.context import EditContext
     from editscale.methods.hparams import read_hparams_file
-    from editscale.methods.mend import MendHparams, is_training_subject, is_world, train_and_save
+    from editscale.methods.mend import Mend, is_training_subject, is_world, train_and_save
     from editscale.methods.preset_resolution import resolve_hparams
     from editscale.names import resolve_data_path
 
@@ -130,7 +131,7 @@ def train_mend(
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
     ctx = EditContext(lm, tok, stats_cache=None, progress=progress)
     given = read_hparams_file(hparams) if isinstance(hparams, (str, Path)) else hparams
-    hp = resolve_hparams("mend", MendHparams, lm, ctx.anatomy, given)
+    hp = resolve_hparams(Mend.name, Mend.Hparams, lm, ctx.anatomy, given)
     path = Path(resolve_data_path(data))
     info = {"spec": data, "path": str(path), "sha256": sha256_file(path) if path.is_file() else None,
             "records": len(cases), "train_records": len(train),

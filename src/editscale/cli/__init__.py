@@ -53,6 +53,7 @@ from editscale.cli import (
     edit,  # noqa: F401
     evaluate,  # noqa: F401
     mend,  # noqa: F401
+    methods,  # noqa: F401
     models,  # noqa: F401
     run,  # noqa: F401
     sweep,  # noqa: F401

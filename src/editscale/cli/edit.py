@@ -20,9 +20,9 @@ import typer
 from editscale.cli import app
 from editscale.cli.common import print_json
 from editscale.errors import ConfigError
+from editscale.methods.catalog import method_help
 
-MethodOpt = Annotated[str, typer.Option("--method", help="rome, r-rome, memit, emmet, alphaedit, encore, "
-                                                        "ft-l, ft-w or mend.")]
+MethodOpt = Annotated[str, typer.Option("--method", help=method_help("The editing method."))]
 HparamsOpt = Annotated[Path | None, typer.Option("--hparams", help="YAML file of hyperparameter overrides.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="One hyperparameter override KEY=VALUE "
                                                                   "(VALUE in YAML, e.g. layers=[1,2]); repeatable.")]

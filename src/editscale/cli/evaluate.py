@@ -9,6 +9,7 @@ import typer
 from editscale.cli import app
 from editscale.cli.common import print_json, print_scores
 from editscale.cli.edit import CorpusOpt, HparamsOpt, SeedOpt, SetOpt, StatsDirOpt, load_edit_cases
+from editscale.methods.catalog import method_help
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="testbed:tiny, testbed:demo, smollm2-135m, "
                                                                "gemma-3-270m (editscale models), a .gguf file, a "
@@ -42,10 +43,9 @@ def eval_command(
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda:0.")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Leave out malformed records instead of stopping.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    method: Annotated[str | None, typer.Option(help="Also edit: each record (or batch) with this method "
-                                                     "(rome, r-rome, memit, emmet, alphaedit, encore, ft-l, "
-                                                     "ft-w, mend) on the unedited model, scored, then "
-                                                     "reverted.")] = None,
+    method: Annotated[str | None, typer.Option(help=method_help("Also edit: each record (or batch) with this "
+                                                                 "method on the unedited model, scored, then "
+                                                                 "reverted."))] = None,
     batch: Annotated[int, typer.Option(help="With --method: records per edit (MEMIT: one batched edit).",
                                        min=1)] = 1,
     hparams: HparamsOpt = None,

@@ -55,7 +55,10 @@ def alphaedit_solve(keys: torch.Tensor, resid: torch.Tensor, proj: torch.Tensor,
 @register
 class AlphaEdit(Memit):
     name = "alphaedit"
+    description = "MEMIT's update projected onto the null space of the preserved keys; earlier edits' keys kept"
+    paper = "Fang et al. 2025, AlphaEdit: Null-Space Constrained Knowledge Editing for Language Models"
     Hparams = AlphaEditHparams
+    needs = ("statistics", "prefixes", "anchor", "projectors")
 
     def solver(self, ctx: EditContext, state: EditState) -> LayerSolve:
         hp: AlphaEditHparams = self.hparams
@@ -66,9 +69,8 @@ class AlphaEdit(Memit):
     def remember(self, state: EditState, written: dict[int, torch.Tensor]) -> None:
         remember_keys(state, written)
 
-    def prepare(self, ctx: EditContext) -> None:
-        """The projectors (from the unedited model's statistics), and the norm anchor when it is on."""
-        super().prepare(ctx)
+    def prepare_projectors(self, ctx: EditContext) -> None:
+        """The projectors, from the unedited model's statistics."""
         hp: AlphaEditHparams = self.hparams
         for layer in hp.layers:
             ctx.null_space_projector(layer, hp, hp.nullspace_threshold)

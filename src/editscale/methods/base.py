@@ -2,7 +2,8 @@
 
 - ``Delta``: weight updates keyed by parameter name, each dense or low-rank, always described as an
   (out, in) matrix; ``apply`` keeps the original tensors so ``revert`` restores them bit-exactly.
-- ``EditMethod``: what every method implements (``compute``), registered by name.
+- ``EditMethod``: what every method declares (its hyperparameters, description, paper, default layers, preset
+  sections, what it prepares) and implements (``compute``), registered by name.
 - ``EditState``: what a method remembers between edits (AlphaEdit's keys, ...), as named tensors so a
   checkpoint can store it.
 """
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from editscale.errors import ConfigError
+from editscale.methods.catalog import method_modules
+from editscale.methods.layer_rules import LayerRule, OneLayer
 
 if TYPE_CHECKING:
     from editscale.data.records import EditRequest
@@ -147,15 +150,43 @@ class EditState:
         return cls(d)
 
 
-class EditMethod:
-    """Base class of every editing method. Subclasses set ``name`` and ``Hparams`` and implement ``compute``.
+# what a method may need prepared from the unedited model before its first edit (``EditMethod.needs``)
+NEEDS: dict[str, str] = {
+    "statistics": "second-moment statistics of the edited layers' keys (computed once, cached on disk)",
+    "prefixes": "context prefixes sampled from the model",
+    "anchor": "a norm anchor from calibration edits, when norm_anchor is on",
+    "projectors": "null-space projectors of the statistics",
+    "editor": "a trained editor network",
+}
 
+
+class EditMethod:
+    """Base class of every editing method. A subclass declares itself and implements ``compute``:
+
+    - ``name`` (its registry name), ``Hparams`` (its hyperparameters), ``description`` (one line) and
+      ``paper`` (a short citation);
+    - ``layer_rule``: its default layers on a model whose preset gives none (``layer_rules``);
+    - ``preset_section``: another method's preset section read before its own (r-ROME reads ROME's);
+    - ``needs``: what ``prepare`` computes from the unedited model, in order (``NEEDS``), each by its
+      ``prepare_<need>`` method;
+    - ``edits_last_layer``: whether the model's last layer may be edited (gradient-based methods read every
+      position's gradient; a target at the subject position has none there);
+    - ``is_default``: the method used when none is named (one method declares it; not inherited).
+
+    Hyperparameter resolution, the editor and the CLI read these declarations; no other module names a method.
     ``compute`` must not leave the model changed: it may apply temporary updates (MEMIT, layer by layer) but
     restores the weights before returning the ``Delta``.
     """
 
     name: ClassVar[str]
     Hparams: ClassVar[type]
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    layer_rule: ClassVar[LayerRule] = OneLayer()
+    preset_section: ClassVar[str | None] = None
+    needs: ClassVar[tuple[str, ...]] = ()
+    edits_last_layer: ClassVar[bool] = False
+    is_default: ClassVar[bool] = False
 
     def __init__(self, hparams: Any) -> None:
         self.hparams = hparams
@@ -164,8 +195,39 @@ class EditMethod:
         raise NotImplementedError
 
     def prepare(self, ctx: EditContext) -> None:
-        """Compute, on the unedited model, what the method derives from it once (AlphaEdit's projectors, a
-        norm anchor); ``Editor.prepare`` calls it before the first edit. Nothing by default."""
+        """Compute, on the unedited model, what the method needs (``needs``, in order: statistics, prefixes,
+        AlphaEdit's projectors, a norm anchor, MEND's editor); ``Editor.prepare`` calls it before the first
+        edit. What is not prepared is computed on first use."""
+        for need in self.needs:
+            getattr(self, f"prepare_{need}")(ctx)
+
+    def prepare_statistics(self, ctx: EditContext) -> None:
+        """The second moments of the edited layers' keys."""
+        ctx.second_moments(list(self.hparams.layers), self.hparams)
+
+    def prepare_prefixes(self, ctx: EditContext) -> None:
+        """The context prefixes the targets are optimised over."""
+        from editscale.methods.prefixes import PrefixSpec
+
+        ctx.prefixes(PrefixSpec.from_hparams(self.hparams))
+
+    @classmethod
+    def preset_sections(cls) -> tuple[str, ...]:
+        """The preset sections the method reads, in order (later values win)."""
+        return tuple(dict.fromkeys(s for s in (cls.preset_section, cls.name) if s))
+
+    @classmethod
+    def default_layers(cls, n_layers: int, manifest: dict[str, Any] | None = None) -> list[int]:
+        """The edited layers on a model of ``n_layers`` layers whose preset gives none (``layer_rule``)."""
+        return cls.layer_rule.layers(n_layers, manifest)
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The method's declarations, as plain data (``editscale methods``)."""
+        return {"name": cls.name, "description": cls.description, "paper": cls.paper,
+                "hparams": cls.Hparams.__name__, "preset_sections": list(cls.preset_sections()),
+                "needs": list(cls.needs), "default_layers": cls.layer_rule.describe(),
+                "edits_last_layer": cls.edits_last_layer, "default": bool(cls.__dict__.get("is_default"))}
 
     @classmethod
     def holds_out(cls, data: str) -> bool:
@@ -183,7 +245,11 @@ _REGISTRY: dict[str, type[EditMethod]] = {}
 
 
 def register(cls: type[EditMethod]) -> type[EditMethod]:
-    """Class decorator: make a method available by ``cls.name``."""
+    """Class decorator: make a method available by ``cls.name`` (its ``needs`` checked against ``NEEDS``)."""
+    unknown = [n for n in cls.needs if n not in NEEDS or not hasattr(cls, f"prepare_{n}")]
+    if unknown:
+        raise TypeError(f"method {cls.name!r} needs {unknown[0]!r}: not one of {sorted(NEEDS)} with a "
+                        f"prepare_{unknown[0]} method")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -200,6 +266,18 @@ def get_method_class(name: str) -> type[EditMethod]:
     return _REGISTRY[name]
 
 
+def method_listing() -> list[dict[str, Any]]:
+    """Every registered method's declarations (``EditMethod.describe``), by name."""
+    return [get_method_class(n).describe() for n in method_names()]
+
+
+def default_method() -> str:
+    """The name of the method used when none is named (the one that declares ``is_default``)."""
+    _load_builtin_methods()
+    (name,) = [n for n, c in _REGISTRY.items() if c.__dict__.get("is_default")]
+    return name
+
+
 def usable_cases(method: str, data: str, cases: list) -> list:
     """The cases of ``data`` that ``method`` may edit (runs, eval and edit leave out a method's training
     records: ``EditMethod.holds_out``)."""
@@ -208,14 +286,8 @@ def usable_cases(method: str, data: str, cases: list) -> list:
 
 
 def _load_builtin_methods() -> None:
+    """Import the modules that register the built-in methods (``catalog.method_modules``)."""
     import importlib
 
-    for mod in BUILTIN_METHOD_MODULES:
+    for mod in method_modules():
         importlib.import_module(mod)
-
-
-# modules that register the built-in methods when imported
-BUILTIN_METHOD_MODULES: list[str] = ["editscale.methods.rome", "editscale.methods.memit", "editscale.methods.ft",
-                                     "editscale.methods.emmet", "editscale.methods.alphaedit",
-                                     "editscale.methods.encore", "editscale.methods.mend"]
-

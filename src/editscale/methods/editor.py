@@ -15,10 +15,9 @@ from torch import nn
 
 from editscale.data.records import EditCase, EditRequest
 from editscale.errors import EditError, RecordError
-from editscale.methods.base import Delta, EditState, get_method_class
+from editscale.methods.base import Delta, EditState, default_method, get_method_class
 from editscale.methods.context import EditContext
 from editscale.methods.hparams import HparamsBase
-from editscale.methods.prefixes import PrefixSpec
 from editscale.methods.preset_resolution import resolve_hparams
 from editscale.methods.targets import EditItem, as_items
 from editscale.stats.second_moment import Corpus, StatsCache
@@ -70,6 +69,8 @@ class Editor:
     - ``prepare()``: compute statistics, prefixes and what the method derives from the unedited model
       (AlphaEdit's projectors, a norm anchor) now (otherwise on the first call).
 
+    ``method``: a registered method's name (``editscale methods`` lists them); None, the default one (MEMIT).
+
     ``hparams`` is an Hparams object, a mapping of overrides or a YAML file; unset values come from the
     model's preset (see ``editscale.methods.preset_resolution``). Requests are ``EditRequest``s,
     ``EditCase``s (whose other facts of the subject enter the KL term) or dicts.
@@ -79,7 +80,7 @@ class Editor:
         self,
         model: nn.Module,
         tokenizer,
-        method: str = "memit",
+        method: str | None = None,
         hparams: HparamsLike = None,
         *,
         context: EditContext | None = None,
@@ -93,6 +94,7 @@ class Editor:
                                               progress=progress)
         if self.context.model is not model:
             raise ValueError("the EditContext belongs to another model")
+        method = method or default_method()
         cls = get_method_class(method)
         self.method_name = method
         self.hparams = resolve_hparams(method, cls.Hparams, model, self.context.anatomy, hparams)
@@ -108,13 +110,8 @@ class Editor:
         return self.context.tokenizer
 
     def prepare(self) -> Editor:
-        """Compute (or load) the statistics and sample the context prefixes the method will use."""
-        hp = self.hparams
-        if hasattr(hp, "mom2_n_texts") and getattr(hp, "mom2_adjustment", True):
-            layers = hp.layers if hasattr(hp, "layers") else [hp.layer]
-            self.context.second_moments(list(layers), hp)
-        if hasattr(hp, "context_lengths"):
-            self.context.prefixes(PrefixSpec.from_hparams(hp))
+        """Compute (or load) now what the method declares it needs (``EditMethod.needs``: statistics, context
+        prefixes, projectors, a norm anchor, a trained editor)."""
         self.method.prepare(self.context)
         return self
 

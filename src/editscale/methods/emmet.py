@@ -28,6 +28,7 @@ import torch
 
 from editscale.methods.base import EditState, register
 from editscale.methods.hparams import EmmetHparams
+from editscale.methods.layer_rules import OneLayer
 from editscale.methods.memit import LayerSolve, Memit
 
 if TYPE_CHECKING:
@@ -60,7 +61,10 @@ def emmet_solve(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, weig
 @register
 class Emmet(Memit):
     name = "emmet"
+    description = "batched ROME: the edited keys as equality constraints, in MEMIT's loop"
+    paper = "Gupta et al. 2024, A Unified Framework for Model Editing"
     Hparams = EmmetHparams
+    layer_rule = OneLayer()  # the reference edits ROME's layer
 
     def solver(self, ctx: EditContext, state: EditState) -> LayerSolve:
         hp: EmmetHparams = self.hparams

@@ -51,6 +51,8 @@ def encore_solve(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, wei
 @register
 class Encore(Memit):
     name = "encore"
+    description = "MEMIT with a norm penalty, earlier edits' keys preserved, most-probable early stopping"
+    paper = "Gupta et al. 2025, Lifelong Sequential Knowledge Editing without Model Degradation"
     Hparams = EncoreHparams
 
     def solver(self, ctx: EditContext, state: EditState) -> LayerSolve:

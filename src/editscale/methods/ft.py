@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
 from editscale.methods.hparams import FtHparams, FtWHparams
+from editscale.methods.layer_rules import OneLayer
 from editscale.methods.targets import as_items, build_layout
 from editscale.model.hooks import frozen_eval
 
@@ -38,7 +39,11 @@ class FtL(EditMethod):
     """Constrained fine-tuning (L-infinity bound on the change)."""
 
     name = "ft-l"
+    description = "fine-tuning one layer's MLP output matrix, the change bounded in L-infinity norm"
+    paper = "Zhu et al. 2020, Modifying Memories in Transformer Models (as run by Meng et al. 2022)"
     Hparams = FtHparams
+    layer_rule = OneLayer()  # ROME's layer
+    edits_last_layer = True  # the NLL's gradient reaches every layer
 
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest | EditCase], state: EditState) -> Delta:
         hp: FtHparams = self.hparams
@@ -101,4 +106,6 @@ class FtW(FtL):
     """Fine-tuning with weight decay instead of a bound (the MEMIT paper's FT-W)."""
 
     name = "ft-w"
+    description = "fine-tuning one layer's block with weight decay instead of a bound"
+    paper = "Meng et al. 2023, Mass-Editing Memory in a Transformer (its FT-W baseline)"
     Hparams = FtWHparams

@@ -21,6 +21,7 @@ import torch
 
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
 from editscale.methods.hparams import MemitHparams, SpreadHparams
+from editscale.methods.layer_rules import LayerSpan
 from editscale.methods.norm_anchor import anchor_for, anchored_targets
 from editscale.methods.prefixes import PrefixSpec
 from editscale.methods.targets import EditItem, as_items, subject_activations
@@ -114,7 +115,12 @@ def remembered_keys(state: EditState, layer: int, like: torch.Tensor) -> torch.T
 @register
 class Memit(EditMethod):
     name = "memit"
+    description = "many edits at once, residuals spread over several layers' MLP output matrices"
+    paper = "Meng et al. 2023, Mass-Editing Memory in a Transformer"
     Hparams = MemitHparams
+    layer_rule = LayerSpan()
+    needs = ("statistics", "prefixes", "anchor")
+    is_default = True
 
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest | EditCase], state: EditState) -> Delta:
         delta, written = spread_over_layers(ctx, as_items(requests), self.hparams, self.solver(ctx, state),
@@ -133,8 +139,8 @@ class Memit(EditMethod):
         it, as a sequential run wants (the runner applies every computed Delta, or puts back its snapshot of
         the state when the guard refuses one)."""
 
-    def prepare(self, ctx: EditContext) -> None:
-        """What the method computes once from the unedited model: the norm anchor, when it is on."""
+    def prepare_anchor(self, ctx: EditContext) -> None:
+        """The norm anchor of the value vectors under z, when it is on."""
         hp: SpreadHparams = self.hparams
         if hp.norm_anchor:
             anchor_for(ctx, ctx.anatomy.layer_name(hp.layers[-1]), hp)

@@ -74,6 +74,7 @@ from torch.func import functional_call
 from editscale.errors import ConfigError, EditError
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
 from editscale.methods.hparams import HparamsBase
+from editscale.methods.layer_rules import LastBlocks
 from editscale.methods.targets import EditItem, as_items, build_layout
 from editscale.model.hooks import capture, edit_output, frozen_eval
 from editscale.model.loading import MANIFEST_FILE as TESTBED_MANIFEST
@@ -288,7 +289,14 @@ class Mend(EditMethod):
     """MEND with a trained editor (``editscale mend train``)."""
 
     name = "mend"
+    description = "trained editor networks turn an edit's fine-tuning gradient into a low-rank update"
+    paper = "Mitchell et al. 2022, Fast Model Editing at Scale"
     Hparams = MendHparams
+    # the reference's inner_params: the last 3 blocks (GPT-2 XL 45-47, GPT-J 25-27); on a testbed model the 3
+    # below its last, which writes the relation's object for every subject (presets/testbed.yaml)
+    layer_rule = LastBlocks(3)
+    needs = ("editor",)
+    edits_last_layer = True  # the gradient reaches every layer
 
     def __init__(self, hparams: MendHparams) -> None:
         super().__init__(hparams)
@@ -316,7 +324,8 @@ class Mend(EditMethod):
             self._loaded = (ctx.fingerprint, net.to(ctx.device), manifest)
         return self._loaded[1], self._loaded[2]
 
-    def prepare(self, ctx: EditContext) -> None:
+    def prepare_editor(self, ctx: EditContext) -> None:
+        """The trained editor, loaded (and checked against the model's fingerprint)."""
         self.network(ctx)
 
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest | EditCase], state: EditState) -> Delta:
@@ -547,7 +556,7 @@ def train_and_save(ctx: EditContext, cases: Sequence[EditCase], hp: MendHparams,
 
     hp = hp.updated(train_steps=steps or hp.train_steps, editor=None)
     net, info = train_editor(ctx, cases, hp, progress=progress)
-    manifest = {"format": 1, "method": "mend", "model": model_name, "fingerprint": ctx.fingerprint,
+    manifest = {"format": 1, "method": Mend.name, "model": model_name, "fingerprint": ctx.fingerprint,
                 "params": net.params, "hparams": hp.to_dict(), "data": data, "split": data.get("split"),
                 **info, "threads": torch.get_num_threads(), "editscale_version": version("editscale"),
                 "torch_version": torch.__version__, "created": datetime.now(UTC).isoformat(timespec="seconds")}

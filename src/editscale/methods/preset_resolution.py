@@ -7,8 +7,10 @@ overrides (``resolve_hparams``).
    ``methods/presets``, see ``presets()`` and ``model_kind``;
 3. the caller's overrides (a dict, a YAML file or an Hparams object).
 
-Layers left unset default from the manifest or from the model's depth (``default_layers``). Every problem is a
-one-line ``ConfigError`` naming the field.
+What differs between methods is read from the method's class (``EditMethod``): the preset sections it reads,
+its default layers where neither the preset nor the caller gives them (``layer_rule``, from the testbed
+manifest or the model's depth) and whether it may edit the last layer. Every problem is a one-line
+``ConfigError`` naming the field.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from editscale.errors import ConfigError
+from editscale.methods.base import get_method_class
 from editscale.methods.hparams import HparamsBase, read_hparams_file
 from editscale.model.anatomy import Anatomy
 from editscale.model.loading import model_dir, read_testbed_manifest
@@ -33,7 +36,6 @@ from editscale.model.loading import model_dir, read_testbed_manifest
 # model's config (``match``), then per method the values that differ from the class defaults, each with its
 # reason in a comment. Layers are 0-indexed; module names are the anatomy's and never appear there.
 PRESET_DIR = "presets"
-PRESET_ALIASES = {"r-rome": "rome"}
 _MATCH_KEYS = {"model_type", "layers", "width", "min_layers", "testbed_manifest"}
 
 
@@ -100,37 +102,22 @@ def model_kind(model: nn.Module, manifest: dict[str, Any] | None = None) -> str:
 
 
 def preset_values(kind: str, method: str) -> dict[str, Any]:
-    """The preset's values for ``method`` on a model of ``kind`` (empty when there are none). A method that
-    shares another's section (r-ROME ROME's) takes that section, then its own where the file has one."""
+    """The preset's values for ``method`` on a model of ``kind`` (empty when there are none): its sections
+    (``EditMethod.preset_sections``) in order, so a method that reads another's first (r-ROME ROME's) takes
+    that section, then its own where the file has one."""
     preset = presets().get(kind)
     if not preset:
         return {}
-    values = dict(preset.methods.get(PRESET_ALIASES.get(method, method), {}))
-    return {**values, **preset.methods.get(method, {})} if method in PRESET_ALIASES else values
-
-
-SPREAD_METHODS = ("memit", "alphaedit", "encore")  # default to the MEMIT layers (EMMET: the ROME layer)
+    values: dict[str, Any] = {}
+    for section in get_method_class(method).preset_sections():
+        values.update(preset.methods.get(section, {}))
+    return values
 
 
 def default_layers(method: str, n_layers: int, manifest: dict[str, Any] | None = None) -> list[int]:
-    """Edited layers when none are given: the testbed manifest's, else GPT-J's choice scaled to the depth
-    (ROME at 5/28 of the depth, MEMIT over 3/28 to 8/28)."""
-    if method == "mend":  # the reference's inner_params: the last 3 blocks (GPT-2 XL 45-47, GPT-J 25-27); on a
-        # testbed model the 3 below its last, which writes the relation's object for every subject (testbed.yaml)
-        top = n_layers - (manifest is not None and n_layers > 1)
-        return list(range(max(0, top - 3), top))
-    memit_like = method.startswith(SPREAD_METHODS)
-    top = max(0, n_layers - 2)  # the last block's output at the subject position reaches nothing
-    if manifest is not None:
-        key = "memit_layers" if memit_like else "rome_layer"
-        if key in manifest:
-            value = manifest[key]
-            return sorted(int(x) for x in value) if isinstance(value, list) else [int(value)]
-    if memit_like:
-        first = min(top, round(n_layers * 3 / 28))
-        last = max(first, min(top, round(n_layers * 8 / 28)))
-        return list(range(first, last + 1))
-    return [min(top, round(n_layers * 5 / 28))]
+    """Edited layers when none are given: the method's ``layer_rule`` (``layer_rules``) on the testbed
+    manifest or the model's depth."""
+    return get_method_class(method).default_layers(n_layers, manifest)
 
 
 GPTJ_KEY_DIM = 16_384
@@ -200,7 +187,7 @@ def resolve_hparams(
                           f"layers 0-{n_layers - 1}")
     edits_at = hp.layers if "layers" in type(hp).model_fields else [hp.layer]
     # gradient-based methods (FT, MEND) read every position's gradient, so the last layer is theirs too
-    if not method.startswith(("ft-", "mend")) and n_layers - 1 in edits_at:
+    if not get_method_class(method).edits_last_layer and n_layers - 1 in edits_at:
         raise ConfigError(
             f"{cls.__name__}: field '{field}': layer {n_layers - 1} is the model's last, where nothing after the "
             "edited position reads the subject (the target has no gradient there); choose layers below "

@@ -23,6 +23,7 @@ import torch
 
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
 from editscale.methods.hparams import RomeHparams
+from editscale.methods.layer_rules import OneLayer
 from editscale.methods.norm_anchor import anchor_for, anchored_targets
 from editscale.methods.prefixes import PrefixSpec
 from editscale.methods.targets import EditItem, as_items, subject_activations
@@ -60,7 +61,11 @@ class Rome(EditMethod):
     """ROME as the original code (Lambda from the bare-prompt key)."""
 
     name = "rome"
+    description = "a rank-one update of one MLP output matrix per request (the original code's bare-prompt key)"
+    paper = "Meng et al. 2022, Locating and Editing Factual Associations in GPT"
     Hparams = RomeHparams
+    layer_rule = OneLayer()
+    needs = ("statistics", "prefixes", "anchor")
     use_mean_key = False  # r-ROME: True
 
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest | EditCase], state: EditState) -> Delta:
@@ -91,7 +96,12 @@ class Rome(EditMethod):
         upd = Update(weight_name, anatomy.transposed, left=left, right=right)
         return Delta({weight_name: upd}, {"method": self.name, "layer": layer, **info})
 
-    def prepare(self, ctx: EditContext) -> None:
+    def prepare_statistics(self, ctx: EditContext) -> None:
+        """The edited layer's second moment, unless u = k* (``mom2_adjustment`` off)."""
+        if self.hparams.mom2_adjustment:
+            ctx.second_moments([self.hparams.layer], self.hparams)
+
+    def prepare_anchor(self, ctx: EditContext) -> None:
         """The norm anchor of the edited layer's value vectors, when it is on."""
         if self.hparams.norm_anchor:
             anchor_for(ctx, ctx.anatomy.mlp_out_name(self.hparams.layer), self.hparams)
@@ -122,4 +132,7 @@ class RRome(Rome):
     """r-ROME: the prefix-averaged key k* in Lambda too, so the update satisfies W' k* = v*."""
 
     name = "r-rome"
+    description = "ROME with the prefix-averaged key k* in Lambda too (W' k* = v*), against disabling edits"
+    paper = "Gupta et al. 2024, Rebuilding ROME: Resolving Model Collapse during Sequential Model Editing"
+    preset_section = Rome.name  # ROME's values, then its own
     use_mean_key = True
