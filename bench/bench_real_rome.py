@@ -76,9 +76,9 @@ def run_edits(editor, cases, clock: Clock) -> list[dict]:
     from editscale.eval.counterfact import evaluate_cases
     from editscale.methods import rome
 
-    saved = rome.subject_activations, rome.optimize_targets, rome.rank_one_solve
+    saved = rome.subject_activations, rome.anchored_targets, rome.rank_one_solve
     rome.subject_activations = clock.timed("keys", rome.subject_activations)
-    rome.optimize_targets = clock.timed("targets", rome.optimize_targets)
+    rome.anchored_targets = clock.timed("targets", rome.anchored_targets)
     rome.rank_one_solve = clock.timed("solve", rome.rank_one_solve)
     out = []
     try:
@@ -90,7 +90,7 @@ def run_edits(editor, cases, clock: Clock) -> list[dict]:
             delta.revert(editor.model)
             out.append({**res, "steps": delta.info["target_steps"][0]})
     finally:
-        rome.subject_activations, rome.optimize_targets, rome.rank_one_solve = saved
+        rome.subject_activations, rome.anchored_targets, rome.rank_one_solve = saved
     return out
 
 

@@ -67,7 +67,7 @@ def main() -> None:
     variants.append(("reference", reference, None))
 
     memo = {}
-    plain_targets = rome.optimize_targets
+    plain_targets = rome.anchored_targets
 
     def once(ctx_, items, module, hp_, prefixes):  # v* does not depend on C: optimise each record once
         key = items[0].request.case_id
@@ -75,7 +75,7 @@ def main() -> None:
             memo[key] = plain_targets(ctx_, items, module, hp_, prefixes)
         return memo[key]
 
-    rome.optimize_targets = once
+    rome.anchored_targets = once
     prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
     items = as_items(cases)
     c_ref = ctx.second_moment(hp.layer, reference).double()
@@ -107,7 +107,7 @@ def main() -> None:
                           **{f"{m}_mag": sum(getattr(r, f"{m}_magnitude") for r in rows) / len(rows)
                              for m in METRICS}}
         print(f"done {label} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    rome.optimize_targets = plain_targets
+    rome.anchored_targets = plain_targets
 
     print(f"\nmodel {args.model}, ROME layer {hp.layer}, key width {width}, {len(cases)} CounterFact records, "
           f"corpus {Path(args.corpus).name} (texts drawn at random), seeds {seeds}, "
