@@ -67,9 +67,11 @@ def evaluate_edits(
     post-edit scores. The model is left unedited. ``metrics``: the per-edit metrics to score (default: all).
     """
     from editscale.eval.counterfact import CounterFactResult, ReferenceScorer, evaluate_cases
+    from editscale.eval.lengths import EDIT_RESERVE, check_cases_fit
     from editscale.progress import progress as bar
 
     model, tok = editor.model, editor.tokenizer
+    check_cases_fit(model, tok, cases, reserve=EDIT_RESERVE)
     reference = ReferenceScorer(cases)  # one vectorizer for all cases, fitted on their reference texts
     chunks = [list(cases[i: i + batch]) for i in range(0, len(cases), batch)]
     pre = []  # the unedited model, in chunks of 16 records for a progress line

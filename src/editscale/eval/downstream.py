@@ -25,6 +25,7 @@ from torch import nn
 
 from editscale.data.downstream import GLUE_TASKS, FewShotTask, glue_task, skill_tasks
 from editscale.errors import ConfigError
+from editscale.eval.lengths import context_limit
 from editscale.eval.panel import PROBE_TASKS, prepare_probe
 from editscale.eval.scoring import score_continuations
 from editscale.model.compat import cache_kwargs, output_cache
@@ -130,8 +131,7 @@ class DownstreamSuite:
                 for prep in self._prepared}
 
     def _check_context(self, model: nn.Module) -> None:
-        cfg = getattr(model, "config", None)
-        limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        limit = context_limit(model)
         for prep in self._prepared:
             if limit is not None and prep.longest > limit:
                 raise ConfigError(f"task {prep.task.name!r}: prompts reach {prep.longest} tokens but the model's "

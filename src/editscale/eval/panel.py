@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from editscale.errors import ConfigError, DataLoadError
+from editscale.eval.lengths import context_limit
 from editscale.eval.scoring import score_continuations
 from editscale.model.loading import model_device
 
@@ -167,15 +168,6 @@ def testbed_text(seed: int, n_sentences: int = 2000) -> str:
     return "\n".join(gen.sentence() for _ in range(n_sentences))
 
 
-def model_context(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def prepare_probe(name: str, model: nn.Module, tokenizer, *, data_dir: str | Path | None, testbed_dir: Path | None,
                   n: int, seed: int, batch_size: int = 64) -> PerplexityProbe | KnownFactsProbe:
     """One probe of the panel, prepared on the (unedited) model: from a testbed model's own world when
@@ -192,7 +184,7 @@ def prepare_probe(name: str, model: nn.Module, tokenizer, *, data_dir: str | Pat
         else:
             text = find_file(data_dir, WIKITEXT_FILES, "WikiText-2 test text", "wikitext-2").read_text(
                 encoding="utf-8", errors="replace")
-        return PerplexityProbe.from_text(text, tokenizer, seed=seed, context=model_context(model),
+        return PerplexityProbe.from_text(text, tokenizer, seed=seed, context=context_limit(model),
                                          batch_size=max(1, batch_size // 8))
     facts = (testbed_facts(testbed_dir) if testbed_dir is not None
              else known_1000_facts(find_file(data_dir, KNOWN_FILES, "known_1000.json", "known_1000")))
