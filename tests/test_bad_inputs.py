@@ -198,6 +198,56 @@ CASES = [
     Case("demo-out-in-cache", ["demo", "--out", "{cache}/demo"], 2, "inside editscale's cache"),
     Case("threads-zero", ["--threads", "0", "models"], 2, "--threads"),
     Case("cache-verify-unknown", ["cache", "verify", "nope"], 2, "nope"),
+    # --- second round (issue 25) ----------------------------------------------------------------------------------
+    # inputs longer than the model's context, refused before any work
+    Case("eval-record-longer-than-context", ["eval", "-m", "{tiny}", "-d", "{ws}/long.jsonl"], 2,
+         "longer than the model's context"),
+    Case("eval-method-record-longer-than-context", ["eval", "-m", "{tiny}", "-d", "{ws}/long.jsonl", "--method",
+                                                    "rome"], 2, "longer than the model's context"),
+    Case("edit-prompt-longer-than-context", ["edit", "-m", "{tiny}", "--prompt", "{long_prompt}", "--subject",
+                                             "Alice", "--target", "Paris"], 2, "longer than the model's context"),
+    Case("edit-data-longer-than-context", ["edit", "-m", "{tiny}", "-d", "{ws}/long.jsonl"], 2,
+         "longer than the model's context"),
+    Case("run-record-longer-than-context", ["run", "{ws}/long.yaml", "--out", "{ws}/out/r"], 2,
+         "longer than the model's context"),
+    Case("records-nested-too-deep", ["eval", "-m", "{tiny}", "-d", "{ws}/deep.json"], 2, "nested too deeply"),
+    Case("records-jsonl-nested-too-deep", ["eval", "-m", "{tiny}", "-d", "{ws}/deep.jsonl"], 2, "nested too deeply"),
+    Case("device-meta", ["eval", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--device", "meta"], 2, "holds no data"),
+    # output folders checked before the work
+    Case("trace-out-onto-file", ["trace", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--out", "{ws}/good.jsonl"], 2,
+         "is a file"),
+    Case("report-out-onto-file", ["report", "{ws}/done", "--out", "{ws}/good.jsonl"], 2, "is a file"),
+    Case("trace-out-in-cached-testbed", ["trace", "-m", "testbed:tiny", "-d", "{ws}/good.jsonl", "--out",
+                                         "{tiny}/trace"], 2, "inside editscale's cache"),
+    Case("trace-out-holding-report", ["trace", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--out", "{ws}/a_report"],
+         2, "`editscale report`'s output"),
+    Case("report-out-holding-trace-files", ["report", "{ws}/done", "--out", "{ws}/trace_files"], 2,
+         "files of the same names"),
+    Case("trace-noise-nan", ["trace", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--noise-factor", "nan"], 2,
+         "positive finite"),
+    Case("trace-noise-inf", ["trace", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--noise-factor", "inf"], 2,
+         "positive finite"),
+    Case("trace-no-known-facts", ["trace", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--out", "{ws}/out/t"], 2,
+         "--all-facts"),
+    # models whose files disagree
+    Case("model-config-more-layers", ["eval", "-m", "{ws}/m_layers", "-d", "{ws}/good.jsonl"], 2,
+         "do not cover its config"),
+    Case("model-invalid-config-json", ["eval", "-m", "{ws}/m_badconfig", "-d", "{ws}/good.jsonl"], 2,
+         "config.json is not valid JSON"),
+    Case("model-without-tokenizer", ["eval", "-m", "{ws}/m_notok", "-d", "{ws}/good.jsonl"], 2, "has no tokenizer"),
+    # configs and the environment
+    Case("config-duplicate-key", ["run", "{ws}/dup_key.yaml", "--out", "{ws}/out/r"], 2, "duplicate key 'edits'"),
+    Case("config-bad-hparam-type", ["run", "{ws}/bad_hparam.yaml", "--out", "{ws}/out/r"], 2, "method.hparams"),
+    Case("sweep-one-bad-cell", ["sweep", "{ws}/bad_cell_grid.yaml", "--out", "{ws}/out/s", "--local"], 2,
+         "method.hparams"),
+    Case("home-is-a-file", ["models"], 2, "is a file, not a folder", patch="home_file"),
+    Case("cache-list-home-is-a-file", ["cache", "list"], 2, "is a file, not a folder", patch="home_file"),
+    Case("progress-interval-not-a-number", ["models"], 2, "EDITSCALE_PROGRESS_INTERVAL", patch="interval_abc"),
+    # usage errors are one line
+    Case("usage-threads-zero-one-line", ["--threads", "0", "models"], 2, "see `editscale --help`"),
+    Case("usage-n-zero-one-line", ["trace", "-m", "{tiny}", "-d", "{ws}/good.jsonl", "--n", "0"], 2,
+         "see `editscale trace --help`"),
+    Case("usage-unknown-option-one-line", ["eval", "--bogus"], 2, "no such option"),
 ]
 
 
@@ -245,6 +295,10 @@ def workspace(tmp_path_factory, tiny_testbed):
     _write_records(ws / "no_subject.jsonl", [dict(RECORD, prompt="Bob lives in")])
     _write_records(ws / "unknown_shape.jsonl", [{"question": "where?", "answer": "here"}])
     _write_records(ws / "wrong_type.jsonl", [dict(RECORD, target_new=5)])
+    long_subject = " ".join(["Bartholomew"] * 400)
+    _write_records(ws / "long.jsonl", [RECORD, dict(RECORD, subject=long_subject, case_id="the-long-one")])
+    (ws / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (ws / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
     config = TINY_CONFIG.format(tiny=tiny_testbed, records=records)
     configs = {
         "good": config,
@@ -265,12 +319,17 @@ def workspace(tmp_path_factory, tiny_testbed):
         "model_missing": config.replace(str(tiny_testbed), str(ws / "no_model")),
         "bogus_device": config + "device: bogus\n",
         "too_many": config.replace("edits: 2", "edits: 500"),
+        "long": config.replace(str(records), str(ws / "long.jsonl")),
+        "dup_key": config + "edits: 3\n",
+        "bad_hparam": config.replace("{steps: 1}", "{steps: many}"),
+        "bad_cell_grid": "\n".join(line for line in config.splitlines() if not line.startswith("method:"))
+        + "\ngrid:\n  method: [{name: ft-l, hparams: {steps: 1}}, {name: ft-l, hparams: {steps: many}}]\n",
     }
     for name, text in configs.items():
         (ws / f"{name}.yaml").write_text(text)
     (ws / "latin1.yaml").write_bytes(config.encode() + "# caf\u00e9\n".encode("latin-1"))
     # model copies: truncated, garbage, NaN and inf weights
-    for name in ("m_trunc", "m_garbage", "m_nan", "m_inf"):
+    for name in ("m_trunc", "m_garbage", "m_nan", "m_inf", "m_layers", "m_badconfig", "m_notok"):
         shutil.copytree(tiny_testbed, ws / name, ignore=shutil.ignore_patterns(FILES_MANIFEST))
     weights = ws / "m_trunc" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -283,6 +342,19 @@ def workspace(tmp_path_factory, tiny_testbed):
         tensors[key][0, 0] = value
         save_file(tensors, str(path), metadata={"format": "pt"})
     assert torch.isnan(load_file(str(ws / "m_nan" / "model.safetensors"))[key]).any()
+    cfg = json.loads((ws / "m_layers" / "config.json").read_text())
+    cfg["n_layer"] += 1  # the config says one layer more than the weights hold
+    (ws / "m_layers" / "config.json").write_text(json.dumps(cfg))
+    (ws / "m_badconfig" / "config.json").write_text("{not json")
+    for f in (ws / "m_notok").iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+            f.unlink()
+    # output folders of other commands
+    (ws / "a_report").mkdir()
+    (ws / "a_report" / ".editscale-output.json").write_text('{"command": "report"}')
+    (ws / "a_report" / "report.html").write_text("<html></html>")
+    (ws / "trace_files").mkdir()
+    (ws / "trace_files" / "report.html").write_text("mine")
     # run directories: a finished one, a corrupt database, a text file as database, a folder that is no run
     run_experiment(ws / "good.yaml", ws / "done", progress=False)
     (ws / "corrupt_run").mkdir()
@@ -342,6 +414,11 @@ def test_bad_input(case, workspace, mounts, tiny_testbed, cli, monkeypatch, tmp_
     if case.patch == "probe_full_home":  # an empty cache on a full disk
         monkeypatch.setenv("EDITSCALE_HOME", str(tmp_path / "home"))
         case = Case(case.id, case.args, case.code, case.match, patch="probe_full")
+    if case.patch == "home_file":
+        (tmp_path / "home_file").write_text("not a folder")
+        monkeypatch.setenv("EDITSCALE_HOME", str(tmp_path / "home_file"))
+    if case.patch == "interval_abc":
+        monkeypatch.setenv("EDITSCALE_PROGRESS_INTERVAL", "abc")
     if case.patch == "probe_rofs":
         def probe(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
@@ -359,8 +436,8 @@ def test_bad_input(case, workspace, mounts, tiny_testbed, cli, monkeypatch, tmp_
         cache.write_files_manifest(entry)
         weights = entry / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:-1000])
-    paths = {"ws": workspace, "tiny": tiny_testbed, "cache": cache.cache_root(), "ro": mounts["ro"],
-             "full": mounts["full"]}
+    paths = {"ws": workspace, "tiny": tiny_testbed, "cache": cache.cache_root() if case.patch != "home_file" else "",
+             "ro": mounts["ro"], "full": mounts["full"], "long_prompt": "{} " + "lives far away in " * 100}
     args = [a.format(**paths) for a in case.args]
     before = _snapshot(*watched, *(p for p in (mounts["ro"], mounts["full"]) if p is not None))
     code, _, err = cli(*args)

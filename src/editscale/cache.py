@@ -13,7 +13,8 @@
   (``adopt``: given a manifest once its safetensors files are checked whole);
 - ``check_writable(path)``: raises a one-line ``StorageError`` when ``path`` cannot be written or its storage is
   nearly full, before any expensive work, writing nothing; ``refuse_inside_cache(path)``: nothing but the
-  builders writes inside the cache.
+  builders writes inside the cache; ``check_out_dir`` / ``staged_output``: a command's output folder checked
+  before the work and written whole or not at all.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,7 +41,11 @@ MIN_FREE_BYTES = 16 << 20  # what a place to write must have free at least, chec
 def cache_root() -> Path:
     """The editscale cache root: ``$EDITSCALE_HOME`` or ``~/.cache/editscale``."""
     env = os.environ.get("EDITSCALE_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "editscale"
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "editscale"
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"editscale's cache {root} is a file, not a folder; point EDITSCALE_HOME at a folder "
+                          "(or unset it for ~/.cache/editscale)")
+    return root
 
 
 @contextmanager
@@ -240,8 +246,11 @@ def check_writable(path: Path, what: str, need_bytes: int = MIN_FREE_BYTES) -> N
         base = base.parent
     if not base.is_dir():
         raise StorageError(f"{what} {path}: {base} is a file, not a directory")
+    clean_leftovers(base)
+    if target.is_dir() and target != base:
+        clean_leftovers(target)
     try:
-        fd, probe = tempfile.mkstemp(prefix=".editscale-probe-", dir=base)
+        fd, probe = tempfile.mkstemp(prefix=f".editscale-probe-{os.getpid()}-", dir=base)
         try:
             os.write(fd, b"\0" * 4096)
             os.fsync(fd)
@@ -261,8 +270,101 @@ def _storage_message(what: str, path: Path, e: OSError) -> str:
         why = "its storage is read-only"
     elif e.errno in (errno.ENOSPC, errno.EDQUOT):
         why = "its storage is full"
+    elif e.errno == errno.EFBIG:
+        why = "a file would exceed this storage's file-size limit"
     elif e.errno in (errno.EACCES, errno.EPERM):
         why = "permission denied"
     else:
         why = e.strerror or str(e)
     return f"{what} {path} cannot be written: {why}; choose another place"
+
+
+OUTPUT_MARKER = ".editscale-output.json"  # which command wrote an output folder (its files may be rewritten)
+
+
+def check_out_dir(path: Path, what: str, command: str, *, names: Sequence[str] = (), force: bool = False,
+                  need_bytes: int = MIN_FREE_BYTES) -> None:
+    """Before the work, an output folder: not a file, not inside the cache, writable, and not holding another
+    command's files (another command's marker, or without one a file of the ``names`` this command writes)
+    unless ``force``. One-line ``ConfigError`` / ``StorageError``."""
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder; give a folder (new or {command}'s own)")
+    refuse_inside_cache(target, what)
+    check_writable(target, what, need_bytes)
+    if force or not target.is_dir():
+        return
+    marker = target / OUTPUT_MARKER
+    owner = None
+    if marker.is_file():
+        try:
+            owner = json.loads(marker.read_text()).get("command")
+        except (ValueError, AttributeError, OSError):
+            owner = "?"
+    if owner == command:
+        return
+    clash = sorted(p.name for n in names for p in target.glob(n))
+    if owner is not None or clash:
+        whose = f"`editscale {owner}`'s output" if owner not in (None, "?") else f"files of the same names ({', '.join(clash[:3])})"
+        raise ConfigError(f"{what} {path} holds {whose}; choose another folder, or pass --force to write over it")
+
+
+@contextmanager
+def staged_output(path: Path, command: str) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to write a command's outputs into; on success each file is moved
+    into ``path`` (whole files only: a rename each) with the command's marker, on failure the temporary folder is
+    removed and ``path`` is as it was."""
+    target = Path(path).expanduser()
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=leftover_prefix(target.name, "writing"), dir=parent))
+    try:
+        yield tmp
+        target.mkdir(exist_ok=True)
+        (tmp / OUTPUT_MARKER).write_text(json.dumps({"command": command}) + "\n")
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                dest = target / f.relative_to(tmp)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_LEFTOVER = re.compile(r"^\.(?:editscale-probe|.+\.(?:saving|writing))-(\d+)-")
+
+
+def leftover_prefix(name: str, what: str) -> str:
+    """The prefix of a temporary file or folder this process writes beside ``name`` (``clean_leftovers`` removes
+    it once this process is gone, if a kill left it)."""
+    return f".{name}.{what}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(directory: Path) -> list[Path]:
+    """Remove the temporary files and folders (storage probes, models being saved, outputs being written) that
+    processes no longer running left in ``directory`` when they were killed; returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _LEFTOVER.match(p.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

@@ -67,6 +67,22 @@ class LineProgress:
         print(self.line(), file=self.stream, flush=True)
 
 
+def interval() -> float:
+    """Seconds between plain progress lines: ``EDITSCALE_PROGRESS_INTERVAL`` (default 30); a value that is not a
+    positive number is a one-line ``ConfigError``, as a bad ``EDITSCALE_THREADS`` is."""
+    from editscale.errors import ConfigError
+
+    raw = os.environ.get("EDITSCALE_PROGRESS_INTERVAL", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"EDITSCALE_PROGRESS_INTERVAL={raw!r} is not a positive number of seconds; set it to "
+                          "e.g. 30, or unset it")
+    return value
+
+
 def enabled_default() -> bool:
     """Bars are on unless EDITSCALE_PROGRESS=0 (tests and scripts may turn them off)."""
     return os.environ.get("EDITSCALE_PROGRESS", "1") != "0"
@@ -84,8 +100,7 @@ def progress_bar(description: str, total: int | None, enabled: bool | None = Non
         yield lambda n=1, **kw: None
         return
     if not sys.stderr.isatty():
-        reporter = LineProgress(description, total, float(os.environ.get("EDITSCALE_PROGRESS_INTERVAL", "30")),
-                                completed=completed)
+        reporter = LineProgress(description, total, interval(), completed=completed)
         reporter.emit()
         try:
             yield reporter.advance

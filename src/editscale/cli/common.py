@@ -8,6 +8,17 @@ import sys
 from typing import Any
 
 
+def positive_finite(value: float) -> float:
+    """A CLI callback: refuse NaN, infinities and values <= 0 at parse, as a usage error (one line)."""
+    import typer
+
+    if value is None:
+        return value
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"must be a positive finite number, got {value}")
+    return value
+
+
 def print_json(obj: Any) -> None:
     """Print one JSON object on stdout (NaN and infinities become null)."""
 

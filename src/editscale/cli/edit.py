@@ -166,7 +166,9 @@ def save_edited(directory: Path, model, tok, deltas, meta: dict[str, Any]) -> No
 
     source = model_dir(model)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
+    from editscale.cache import leftover_prefix
+
+    tmp = Path(tempfile.mkdtemp(prefix=leftover_prefix(directory.name, "saving"), dir=directory.parent))
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -230,6 +232,9 @@ def edit_command(
     if save is not None:
         check_save_target(save)
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
+    from editscale.eval.lengths import EDIT_RESERVE, check_cases_fit
+
+    check_cases_fit(lm, tok, cases, reserve=EDIT_RESERVE)
     if save is not None:  # room for the model, now that its size is known; before the edit
         check_save_target(save, sum(p.numel() * p.element_size() for p in lm.parameters()))
     editor = make_editor(lm, tok, method, hparams, set_, corpus, stats_dir, seed)

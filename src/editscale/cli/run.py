@@ -88,39 +88,53 @@ def run_command(
 @app.command("report")
 def report_command(
     run_dirs: Annotated[list[Path], typer.Argument(
-        help="One or more run directories (overlaid), or one sweep directory.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the plots and report.html "
-                                                                 "(default: RUN_DIR/report).")] = None,
-    json_out: JsonOpt = False,
+        help="Run directories (overlaid), a folder of run directories (e.g. the demo's), or one sweep directory.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the plots and report.html (default: "
+                                             "RUN_DIR/report for one run or a sweep, FOLDER/report for a folder "
+                                             "of runs, else a report folder beside the first run).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into --out even where it holds another "
+                                                         "command's files or files of the same names.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Also print the summary table as Markdown (the "
+                                                               "tables of docs/results are made so).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (the report's path, its plots and "
+                                                          "the summary rows) instead of the path.")] = False,
 ) -> None:
     """Plots in the paper's style (runs overlaid) and one HTML page with a summary table. The runs are only
     read (a run on read-only storage needs --out elsewhere). A sweep directory (`editscale sweep`): each
     method's curves averaged over its seeds with a min-max band, a table per method with the spread, and links
-    to every cell's report."""
-    from editscale.cache import check_writable, refuse_inside_cache
+    to every cell's report. The report is written whole or not at all."""
+    from editscale.cache import check_out_dir, staged_output
     from editscale.experiment.store import RunStore
     from editscale.experiment.sweep import is_sweep_dir
+    from editscale.report.html import default_report_dir, expand_run_dirs, summary_markdown, summary_rows
 
     sweep = len(run_dirs) == 1 and is_sweep_dir(run_dirs[0])
     if any(is_sweep_dir(d) for d in run_dirs) and not sweep:
         raise ConfigError("a sweep directory is reported alone: `editscale report SWEEP_DIR`")
-    for run_dir in run_dirs if not sweep else []:  # every run readable before anything is drawn
+    runs = [run_dirs[0]] if sweep else expand_run_dirs(run_dirs)
+    for run_dir in runs if not sweep else []:  # every run readable before anything is drawn
         RunStore.in_dir(run_dir, readonly=True).close()
-    target = out if out is not None else run_dirs[0] / "report"
-    refuse_inside_cache(target, "report folder")
-    check_writable(target, "report folder" if out is not None else "report folder (give --out to write elsewhere)")
-    if sweep:  # mean curves over the seeds with a band, a table per method, links to the cells' reports
-        from editscale.report.sweep import write_sweep_report
+    target = out if out is not None else default_report_dir(run_dirs, runs)
+    check_out_dir(target, "report folder" if out is not None else "report folder (give --out to write elsewhere)",
+                  "report", names=("report.html", "*.png", "cells"), force=force)
+    with staged_output(target, "report") as tmp:
+        if sweep:  # mean curves over the seeds with a band, a table per method, links to the cells' reports
+            from editscale.report.sweep import cell_dirs, write_sweep_report
 
-        page = write_sweep_report(run_dirs[0], out)
-    else:
-        from editscale.report.html import write_report
+            name = write_sweep_report(run_dirs[0], tmp).name
+            runs = cell_dirs(run_dirs[0])
+        else:
+            from editscale.report.html import write_report
 
-        page = write_report(run_dirs, out)
+            name = write_report(runs, tmp).name
+    page = target / name
     if json_out:
-        print_json({"report": str(page), "plots": sorted(str(p) for p in page.parent.glob("*.png"))})
-    else:
-        print(f"report: {page}")
+        print_json({"report": str(page), "plots": sorted(str(p) for p in page.parent.glob("*.png")),
+                    "summary": summary_rows(runs)})
+        return
+    if markdown:
+        print(summary_markdown(runs))
+    print(f"report: {page}")
 
 
 @app.command("single-edit-test")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from editscale.cli import app
-from editscale.cli.common import print_json
+from editscale.cli.common import positive_finite, print_json
 from editscale.cli.evaluate import ModelOpt
 
 
@@ -45,8 +45,13 @@ def trace_command(
         ),
     ] = None,
     noise_factor: Annotated[
-        float, typer.Option(help="Noise as a multiple of the subjects' embedding std.")
+        float, typer.Option(help="Noise as a multiple of the subjects' embedding std (positive).",
+                            callback=positive_finite)
     ] = 3.0,
+    all_facts: Annotated[bool, typer.Option("--all-facts", help="Trace the first N facts whether or not the model "
+                                                                 "knows them (default: only known facts).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Write into --out even where it holds another command's "
+                                                         "files or files of the same names.")] = False,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: ./trace-MODEL).")] = None,
     single: Annotated[int, typer.Option(help="Single-fact heatmaps to write.", min=0)] = 3,
     max_rows: Annotated[int, typer.Option(help="Restored rows per batch (memory bound).", min=1)] = 1024,
@@ -66,12 +71,15 @@ def trace_command(
     heatmaps and trace.json (total effect, per-layer indirect effects at the last subject token and the last
     token, recommended ROME and MEMIT layers with the rule that chose them).
     """
+    from editscale.cache import check_out_dir, staged_output
     from editscale.model.loading import torch_threads
     from editscale.trace import causal_trace
     from editscale.trace.plots import write_outputs
 
     kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
     out_dir = out or Path(f"trace-{re.sub(r'[^A-Za-z0-9._-]+', '_', model).strip('_')}")
+    check_out_dir(out_dir, "trace folder", "trace", names=("trace*.json", "trace_*.png", "fact*_*.png"),
+                  force=force)  # before the work, not after it
     with torch_threads(threads):
         lm, tok, facts = _load(model, data, dtype, device)
         summary = causal_trace(
@@ -85,8 +93,11 @@ def trace_command(
             noise_factor=noise_factor,
             seed=seed,
             max_rows=max_rows,
+            known_only=not all_facts,
         )
-    written = write_outputs(summary, out_dir, model_name=model, single_facts=single)
+    with staged_output(out_dir, "trace") as tmp:
+        names = [p.relative_to(tmp) for p in write_outputs(summary, tmp, model_name=model, single_facts=single)]
+    written = [out_dir / name for name in names]
     if json_out:
         print_json({**summary.to_json(), "out": str(out_dir)})
         return

@@ -167,11 +167,15 @@ def _raw_records(path: Path) -> list[tuple[str, Any]]:
                 out.append((f"line {lineno}", json.loads(line)))
             except json.JSONDecodeError as e:
                 raise RecordError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
+            except RecursionError:
+                raise RecordError(f"{path}: line {lineno}: JSON nested too deeply to be a record") from None
         return out
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    except RecursionError:
+        raise RecordError(f"{path}: JSON nested too deeply to be records") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):

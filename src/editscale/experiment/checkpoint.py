@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,16 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        return _write(final, tmp, update_idx, n_edits, model, originals, transposed, state, runner)
+    except BaseException:  # storage full, a file-size limit, a kill: no half-written checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write(final: Path, tmp: Path, update_idx: int, n_edits: int, model: nn.Module,
+           originals: dict[str, torch.Tensor], transposed: dict[str, bool], state: EditState,
+           runner: dict[str, Any]) -> Path:
     params = dict(model.named_parameters())
     updates = {}
     with torch.no_grad():
@@ -123,6 +134,7 @@ def save_checkpoint(
         "checksum": weights_checksum(model, list(originals)),
         "rng": {k: v for k, v in rng.items() if not isinstance(v, torch.Tensor)},
         "runner": runner,
+        "files": {f: _sha256(tmp / f) for f in CHECKPOINT_FILES},  # verified before the checkpoint is used
     }
     (tmp / "info.json").write_text(json.dumps(info))
     if final.exists():
@@ -131,14 +143,30 @@ def save_checkpoint(
     return final
 
 
+CHECKPOINT_FILES = ("delta.safetensors", "state.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint, its files verified against the hashes its info.json recorded; a damaged one (truncated,
+    corrupt, missing files) is a one-line ``RunStateError``."""
     path = Path(path)
     try:
         info = json.loads((path / "info.json").read_text())
+        for name, digest in info.get("files", {}).items():  # older checkpoints recorded none
+            if _sha256(path / name) != digest:
+                raise ValueError(f"{name} does not match the hash recorded when it was written")
         flat = load_file(str(path / "delta.safetensors"))
         tensors = load_file(str(path / "state.safetensors"))
-    except (OSError, ValueError) as e:
-        raise RunStateError(f"checkpoint {path} is unreadable: {e}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a truncated file
+        raise RunStateError(f"checkpoint {path} is damaged ({type(e).__name__}: {e})") from None
     delta = {n: u.stored() for n, u in Delta.from_tensors(flat).updates.items()}
     rng = dict(info["rng"])
     rng.update({k[len(_RNG_PREFIX):]: v for k, v in tensors.items() if k.startswith(_RNG_PREFIX)})
@@ -159,11 +187,12 @@ def restore_weights(model: nn.Module, originals: dict[str, torch.Tensor], ckpt: 
                             "changed since the run started")
 
 
-def prune_checkpoints(run_dir: Path, keep: Path) -> None:
-    """Delete every checkpoint directory except ``keep`` (only the latest is needed to resume)."""
+def prune_checkpoints(run_dir: Path, keep: Sequence[Path]) -> None:
+    """Delete every checkpoint directory except those in ``keep`` (the latest, and the one before it for when
+    the latest turns out damaged), and any left half-written."""
     root = Path(run_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return
     for d in root.iterdir():
-        if d.is_dir() and d != keep:
+        if d.is_dir() and d not in keep:
             shutil.rmtree(d)

@@ -160,10 +160,27 @@ def parse_config(data: Any, source: str = "run config") -> RunConfig:
     from editscale.methods.base import get_method_class
 
     try:
-        get_method_class(cfg.method.name)
+        method = get_method_class(cfg.method.name)
     except ConfigError as e:
         raise ConfigError(f"{source} field 'method.name': {e}") from None
+    try:  # names and types of the overrides now, before any model is loaded (a sweep checks every cell so)
+        method.Hparams.model_validate(cfg.method.hparams)
+    except ValidationError as e:
+        raise config_error(f"{source} method.hparams", e) from None
     return cfg
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml(path: str | Path, what: str = "run config") -> Any:
@@ -172,7 +189,7 @@ def read_yaml(path: str | Path, what: str = "run config") -> Any:
     if not p.is_file():
         raise ConfigError(f"{what} {p} " + ("is a directory, not a file" if p.is_dir() else "does not exist"))
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except UnicodeDecodeError as e:
         raise ConfigError(f"{what} {p} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except yaml.YAMLError as e:

@@ -98,6 +98,28 @@ def check_free(run_dir: str | Path) -> None:
         except BlockingIOError:
             raise _in_use(Path(run_dir)) from None
         fcntl.flock(f, fcntl.LOCK_UN)
+    remove_stale_lock(Path(run_dir))
+
+
+def remove_stale_lock(run_dir: Path) -> None:
+    """Remove the lock file a killed run left (nobody holds it), under the lock itself so that no process that
+    takes it meanwhile loses it; the lock of a live run is left alone."""
+    path = lock_path(run_dir)
+    try:
+        f = open(path)  # noqa: SIM115 - closed below by its with block
+    except OSError:
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, OSError):
+            return
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                path.unlink()
+        except OSError:
+            pass
+        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ import math
 import platform
 import random
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from editscale.data.records import EditCase
 from editscale.errors import RunStateError
 from editscale.eval.counterfact import CaseScores, ReferenceScorer, evaluate_cases
 from editscale.eval.forgetting import Forgetting
+from editscale.eval.lengths import EDIT_RESERVE, check_cases_fit
 from editscale.eval.metrics import metrics_at, nanmean
 from editscale.eval.scoring import harmonic_mean
 from editscale.experiment.checkpoint import (
@@ -174,6 +176,7 @@ class _Run:
         self.schedule = Schedule.of(cfg)
         self.model, self.tok, self.anatomy = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
                                                          device_map=cfg.device_map)
+        check_cases_fit(self.model, self.tok, cases, reserve=EDIT_RESERVE)  # before the run directory exists
         self.fingerprint = fingerprint(self.model)
         # statistics and context prefixes come from the unedited model, also when a resume starts
         self.editor = Editor(self.model, self.tok, cfg.method.name, cfg.method.hparams or None, seed=cfg.seed,
@@ -233,6 +236,7 @@ class _Run:
     def restore(self, ckpt: Checkpoint) -> None:
         """Bring model, method state, RNGs and loop state to where the checkpoint was taken."""
         params = dict(self.model.named_parameters())
+        self.reset_weights()  # a checkpoint tried before and found damaged may have left its weights
         self.originals = {n: params[n].detach().clone() for n in ckpt.delta}
         restore_weights(self.model, self.originals, ckpt)
         self.transposed = dict(ckpt.runner["transposed"])
@@ -241,6 +245,14 @@ class _Run:
         self.guard.load_state_dict(ckpt.runner["guard"])
         self.editor.state = ckpt.state
         set_rng_states(ckpt.rng)
+
+    def reset_weights(self) -> None:
+        """The edited matrices back to their original values (nothing edited yet: nothing to do)."""
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, orig in self.originals.items():
+                params[name].copy_(orig)
+        self.originals = {}
 
     # --- the loop ----------------------------------------------------------------------------------------
     def loop(self, first_update: int) -> None:
@@ -367,7 +379,7 @@ class _Run:
         path = save_checkpoint(self.run_dir, u, self.schedule.n_edits_after(u), self.model, self.originals,
                                self.transposed, self.editor.state, runner)
         self.store.record_checkpoint(u, self.schedule.n_edits_after(u), str(path.relative_to(self.run_dir)))
-        prune_checkpoints(self.run_dir, keep=path)
+        prune_checkpoints(self.run_dir, keep=[self.run_dir / c[2] for c in self.store.checkpoints()])
 
 
 def run_experiment(config: RunConfig | dict | str | Path, out_dir: str | Path, *,
@@ -455,13 +467,30 @@ def _continue(run: _Run, meta: dict[str, Any]) -> None:
         run.set_baseline(meta["baseline"])
         first = 1
     else:
-        update_idx = ckpts[-1][0]
-        run.store.truncate_after(update_idx)
-        run.restore(load_checkpoint(checkpoint_dir(run.run_dir, update_idx)))
-        first = update_idx + 1
+        first = _restore_latest_good(run, ckpts)
     if first == 1:
         seed_everything(run.cfg.seed)
     run.loop(first)
+
+
+def _restore_latest_good(run: _Run, ckpts: list[tuple[int, int, str]]) -> int:
+    """Restore the newest checkpoint that is whole (its files match their recorded hashes, the weights their
+    checksum), else the one before; none whole: the run starts again after its baseline. Returns the next
+    update to make."""
+    for update_idx, _, _ in reversed(ckpts):
+        try:
+            ckpt = load_checkpoint(checkpoint_dir(run.run_dir, update_idx))
+            run.restore(ckpt)
+        except RunStateError as e:
+            print(f"warning: {e}; resuming from the checkpoint before it", file=sys.stderr)
+            continue
+        run.store.truncate_after(update_idx)
+        return update_idx + 1
+    run.reset_weights()
+    run.store.truncate_after(0)
+    run.set_baseline(run.store.meta()["baseline"])
+    seed_everything(run.cfg.seed)
+    return 1
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:

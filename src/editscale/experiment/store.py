@@ -264,9 +264,11 @@ class RunStore:
                              for task, metrics in results.items() for metric, value in metrics.items()])
 
     def record_checkpoint(self, update_idx: int, n_edits: int, path: str) -> None:
-        """The run's checkpoint is now this one (only the latest is kept)."""
+        """The run's latest checkpoint is now this one; the one before it is kept too (a resume falls back to it
+        when the latest turns out damaged), older ones are dropped."""
         with self.transaction() as con:
-            con.execute("DELETE FROM checkpoints")
+            con.execute("DELETE FROM checkpoints WHERE update_idx NOT IN "
+                        "(SELECT update_idx FROM checkpoints ORDER BY update_idx DESC LIMIT 1)")
             con.execute("INSERT INTO checkpoints VALUES (?, ?, ?)", (update_idx, n_edits, path))
 
     def truncate_after(self, update_idx: int) -> None:

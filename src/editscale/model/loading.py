@@ -27,6 +27,7 @@ from editscale.errors import ModelLoadError
 from editscale.model.anatomy import Anatomy, get_anatomy
 from editscale.model.tokens import ensure_pad_token
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 MANIFEST_FILE = "editscale_testbed.json"  # a testbed model directory's manifest (written by testbed/train.py)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -61,6 +62,8 @@ def check_device(device: str | torch.device | None) -> None:
         d = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ModelLoadError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "meta":  # shapes without storage: nothing can be computed on it
+        raise ModelLoadError(f"device {str(device)!r} holds no data (tensors without storage); use cpu, cuda or mps")
     if d.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
@@ -165,6 +168,13 @@ def load_model(
     if local.exists():
         if not (local / "config.json").exists():
             raise ModelLoadError(f"{local} is not a Hugging Face model directory (no config.json)")
+        try:
+            json.loads((local / "config.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{local / 'config.json'} is not valid JSON ({e}); restore the model's config") from None
+        if not any((local / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelLoadError(f"{local} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+                                 "tokenizer into the model directory (tokenizer.save_pretrained)")
         _check_weight_files(local)
         source, local_only = str(local), True
     elif path.startswith((".", "/", "~")) or path.count("/") > 1:
@@ -188,7 +198,7 @@ def load_model(
         except OSError as e:
             raise ModelLoadError(f"could not load model {path!r} from the hub: {str(e).splitlines()[0]}") from None
     except ValueError as e:
-        raise ModelLoadError(f"could not load model {path!r}: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"could not load model {path!r}: {' '.join(str(e).split())}") from None
     broken = nonfinite_weights(model)
     if broken:
         raise ModelLoadError(f"model {path!r} has NaN or infinite weights (in {broken[0]}"
@@ -204,7 +214,14 @@ def load_model(
 def _from_pretrained(model_cls, tok_cls, source, kwargs, local_files_only):
     tok = tok_cls.from_pretrained(source, local_files_only=local_files_only,
                                   trust_remote_code=kwargs["trust_remote_code"])
-    model = model_cls.from_pretrained(source, local_files_only=local_files_only, **kwargs)
+    model, info = model_cls.from_pretrained(source, local_files_only=local_files_only, output_loading_info=True,
+                                            **kwargs)
+    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    if missing:  # transformers would initialise them at random and only warn
+        first = missing[0] if isinstance(missing[0], str) else missing[0][0]
+        raise ModelLoadError(f"the weights of {source} do not cover its config: {len(missing)} parameter(s) missing "
+                             f"or of another shape (e.g. {first}); the config says more layers or larger matrices "
+                             "than the weight files hold: restore the matching config.json or weights")
     return model, tok
 
 

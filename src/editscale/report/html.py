@@ -132,6 +132,42 @@ def _labels(run_dirs: list[Path]) -> list[str]:
     return [m if methods.count(m) == 1 else f"{m} ({d.name})" for m, d in zip(methods, run_dirs)]
 
 
+def expand_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories from what a user names: a run directory as it is, a folder of run directories (the
+    demo's, a sweep's cells) as its runs in name order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        inner = sorted(d for d in p.iterdir() if (d / DB_NAME).is_file()) if p.is_dir() and not (p / DB_NAME).exists() \
+            else []
+        out.extend(inner or [p])
+    return out
+
+
+def default_report_dir(given: list[Path], runs: list[Path]) -> Path:
+    """RUN_DIR/report for one run (or a sweep), FOLDER/report for one folder of runs, else beside the first."""
+    if len(given) == 1:
+        return Path(given[0]) / "report"
+    return Path(runs[0]).parent / "report"
+
+
+MARKDOWN_SKIP = ("directory", "model")  # the table's columns a document leaves out (the page names them)
+
+
+def summary_rows(run_dirs: list[Path]) -> list[dict[str, Any]]:
+    """The report's summary rows of these runs (labels made unique as the report makes them)."""
+    dirs = [Path(d) for d in run_dirs]
+    return [run_summary_row(d, load_run(d, label)) for d, label in zip(dirs, _labels(dirs))]
+
+
+def summary_markdown(run_dirs: list[Path]) -> str:
+    """The report's summary table as Markdown: what ``editscale report --markdown`` prints."""
+    rows = summary_rows(run_dirs)
+    cols = [c for c in rows[0] if c not in MARKDOWN_SKIP]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
     """Plots and ``report.html`` for these runs into ``out_dir`` (default: RUN_DIR/report for one run, else
     a ``report`` folder beside the first run). Returns the HTML file."""

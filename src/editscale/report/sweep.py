@@ -151,6 +151,12 @@ def spread_rows(summaries: list[dict[str, Any]]) -> list[dict[str, str]]:
     return rows
 
 
+def cell_dirs(sweep_dir: str | Path) -> list[Path]:
+    """The run directories of the sweep's cells that have results, in the grid's order."""
+    sweep = Path(sweep_dir)
+    return [sweep / c["name"] for c in read_manifest(sweep)["cells"] if (sweep / c["name"] / DB_NAME).is_file()]
+
+
 def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Plots, per-group tables and ``report.html`` of the sweep in ``sweep_dir`` (default: SWEEP_DIR/report),
     with every cell's own report under ``cells/CELL``. Returns the HTML file."""

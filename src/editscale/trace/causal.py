@@ -47,6 +47,7 @@ total effect the trace recommends no layer: the model does not recall the fact a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -673,6 +674,8 @@ def causal_trace(
     """
     from editscale.progress import progress_bar
 
+    if not math.isfinite(noise_factor) or noise_factor <= 0:
+        raise ConfigError(f"noise_factor must be a positive finite number, got {noise_factor}")
     all_facts = [as_fact(f) for f in facts]
     if not all_facts:
         raise ConfigError("no facts to trace")
@@ -692,7 +695,7 @@ def causal_trace(
     if not chosen:
         raise ConfigError(
             f"none of the {len(all_facts)} facts is known to the model (its greedy continuation "
-            "never begins with the object); trace other facts or pass known_only=False"
+            "never begins with the object); trace other facts, or all of them (known_only=False; --all-facts)"
         )
     traces = []
     with progress_bar("causal tracing", len(chosen), progress) as advance:
