@@ -34,3 +34,13 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``fuzz`` (the fuzzer's long profile) run only when ``-m`` names them."""
+    if "fuzz" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="the fuzzer's long profile: run with -m fuzz")
+    for item in items:
+        if "fuzz" in item.keywords:
+            item.add_marker(skip)
