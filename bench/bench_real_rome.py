@@ -135,7 +135,7 @@ def main() -> None:
     stats = Clock()
     with stats.part("statistics"):
         editor.prepare()  # statistics (or their cache) and context prefixes
-    print(f"model {args.model}, layer {hp.layer}, {len(cases)} records of {Path(args.data).name}, "
+    print(f"model {args.model}, layer {hp.layers[0]}, {len(cases)} records of {Path(args.data).name}, "
           f"torch threads {torch.get_num_threads()}, v_stop_on={hp.v_stop_on}, v_steps={hp.v_steps}")
     print(f"statistics + prefixes (once, not per edit): {stats.cpu['statistics']:.1f} CPU s "
           f"({stats.wall['statistics']:.1f} s wall; mom2_n_texts={hp.mom2_n_texts}, mom2_n_tokens={hp.mom2_n_tokens}, "

@@ -57,7 +57,7 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")]
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     ctx = EditContext(model, tok, corpus=args.corpus, stats_cache=args.stats_dir if args.stats_dir else "default")
-    editors = {layer: Editor(model, tok, args.method, {**overrides, "layer": layer}, context=ctx) for layer in layers}
+    editors = {layer: Editor(model, tok, args.method, {**overrides, "layers": [layer]}, context=ctx) for layer in layers}
     hp = editors[layers[0]].hparams
     ctx.second_moments(layers, hp)  # every layer's statistics in one pass
     pre = evaluate_cases(model, tok, cases, metrics=SCORED).summary()

@@ -55,10 +55,11 @@ def main() -> None:
     t0 = time.perf_counter()
     model, tok, anatomy = load_model(args.model)
     cases = load_cases(args.data, limit=args.records)
-    editor = Editor(model, tok, "rome", {"layer": args.layer} if args.layer is not None else None,
+    editor = Editor(model, tok, "rome", {"layers": [args.layer]} if args.layer is not None else None,
                     corpus=args.corpus, stats_cache=args.stats_dir if args.stats_dir else "default")
     ctx, method, hp = editor.context, editor.method, editor.hparams
-    width = anatomy.key_dim(model, hp.layer)
+    (layer,) = hp.layers
+    width = anatomy.key_dim(model, layer)
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = [int(m) * width for m in args.multiples.split(",")]
     variants = [(f"{n // width}x ({n:,}) s{s}", hp.updated(mom2_n_texts=None, mom2_n_tokens=n, mom2_seed=s), s)
@@ -78,17 +79,17 @@ def main() -> None:
     rome.anchored_targets = once
     prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
     items = as_items(cases)
-    c_ref = ctx.second_moment(hp.layer, reference).double()
-    full = second_moments(model, tok, [hp.layer], ctx.corpus(reference.mom2_corpus), sample=key_sample(reference),
+    c_ref = ctx.second_moment(layer, reference).double()
+    full = second_moments(model, tok, [layer], ctx.corpus(reference.mom2_corpus), sample=key_sample(reference),
                           max_length=reference.mom2_max_length, cache=ctx.stats_cache, fingerprint=ctx.fingerprint,
-                          progress=False)[hp.layer]  # a cache hit: for its counts
+                          progress=False)[layer]  # a cache hit: for its counts
     results = {}
     u_ref = {}
-    weight = anatomy.weight_name(hp.layer)
+    weight = anatomy.weight_name(layer)
     for label, vhp, _seed in reversed(variants):  # the reference first (its u is compared with)
-        c = ctx.second_moment(hp.layer, vhp).double()
+        c = ctx.second_moment(layer, vhp).double()
         c_err = float((c - c_ref).norm() / c_ref.norm())
-        solve = ctx.second_moment_solver(hp.layer, vhp)
+        solve = ctx.second_moment_solver(layer, vhp)
         rows, u_errs = [], []
         for item, case in zip(items, cases):
             r1, _ = method._one(ctx, item, prefixes, solve)
@@ -109,7 +110,7 @@ def main() -> None:
         print(f"done {label} ({time.perf_counter() - t0:.0f} s)", flush=True)
     rome.anchored_targets = plain_targets
 
-    print(f"\nmodel {args.model}, ROME layer {hp.layer}, key width {width}, {len(cases)} CounterFact records, "
+    print(f"\nmodel {args.model}, ROME layer {layer}, key width {width}, {len(cases)} CounterFact records, "
           f"corpus {Path(args.corpus).name} (texts drawn at random), seeds {seeds}, "
           f"torch threads {torch.get_num_threads()}, {time.perf_counter() - t0:.0f} s wall; reference: the "
           f"whole corpus, {full.texts:,} texts, {full.count:,} key vectors")

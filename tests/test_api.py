@@ -92,7 +92,7 @@ def test_editor_with_bad_method_or_hparams(tok):
 def test_statistics_come_from_the_model_directory_and_disk_cache(model_dir, tmp_path):
     model, tok, _ = load_model(str(model_dir))
     ed = Editor(model, tok, "rome", small("rome"), stats_cache=tmp_path / "stats", progress=False)
-    assert ed.hparams.layer == 1  # from the manifest
+    assert ed.hparams.layers == [1]  # from the manifest
     ed.prepare()
     assert len(list((tmp_path / "stats").glob("*.safetensors"))) == 1
 

@@ -48,7 +48,7 @@ def test_eval_json(model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out["pre"]) == set(out["post"]) and "gen_entropy" not in out["post"], out
-    assert out["hparams"]["layer"] == 0 and out["batch"] == 1  # the result says what produced it
+    assert out["hparams"]["layers"] == [0] and out["batch"] == 1  # the result says what produced it
 
 
 @pytest.mark.parametrize(

@@ -354,7 +354,8 @@ def test_ft_l_respects_its_bound_and_ft_w_does_not_need_one(tok, texts):
 # --- hyperparameters -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("data, field", [
     ({"v_lr": -1}, "v_lr"),
-    ({"layer": "five"}, "layer"),
+    ({"layers": "five"}, "layers"),
+    ({"layer": "five"}, "layers.0"),  # the former name reads as layers: [five]
     ({"no_such_field": 1}, "no_such_field"),
     ({"kl_prompt": "is a"}, "kl_prompt"),
     ({"mom2_dtype": "float8"}, "mom2_dtype"),
@@ -363,6 +364,22 @@ def test_bad_hparams_are_one_line_errors_naming_the_field(data, field):
     with pytest.raises(ConfigError) as e:
         RomeHparams.validated(data)
     assert f"'{field}'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_layers_is_the_one_name_and_layer_its_former_alias():
+    """``layers: [N]`` for every method; ``layer: N`` (existing configs and run files) reads as ``layers: [N]``;
+    a one-layer method refuses two; the presets use ``layers`` only."""
+    from importlib import resources
+
+    assert RomeHparams.validated({"layer": 3}).layers == [3] == FtHparams.validated({"layer": 3}).layers
+    assert RomeHparams.validated({"layer": None, "layers": [2]}).layers == [2]
+    assert MemitHparams.validated({"layer": 4}).layers == [4]
+    with pytest.raises(ConfigError, match="edits 1 layer"):
+        RomeHparams.validated({"layers": [1, 2]})
+    with pytest.raises(ConfigError, match="layer is its former name"):
+        FtHparams.validated({"layer": 1, "layers": [2]})
+    for entry in resources.files("editscale.methods").joinpath("presets").iterdir():
+        assert "\n  layer:" not in entry.read_text(), entry.name
 
 
 def test_bad_memit_layers_and_yaml(tmp_path, tok):
@@ -398,8 +415,8 @@ def test_presets_and_default_layers(tmp_path):
     from editscale.model.loading import load_model
 
     model, _tok, anatomy = load_model(str(d))
-    assert resolve_hparams("rome", RomeHparams, model, anatomy).layer == 1
-    assert resolve_hparams("ft-l", FtHparams, model, anatomy).layer == 1
+    assert resolve_hparams("rome", RomeHparams, model, anatomy).layers == [1]
+    assert resolve_hparams("ft-l", FtHparams, model, anatomy).layers == [1]
     assert resolve_hparams("memit", MemitHparams, model, anatomy).layers == [0, 1]
     assert resolve_hparams("memit", MemitHparams, model, anatomy, {"layers": [0]}).layers == [0]
 
@@ -452,7 +469,7 @@ def test_bfloat16_models_are_edited_with_float32_statistics(method, tok, texts):
     delta = ed.edit(requests()[:2])
     assert all(torch.isfinite(u.matrix()).all() and u.matrix().dtype == torch.float32 for u in delta.updates.values())
     if method != "ft-l":
-        layers = ed.hparams.layers if method == "memit" else [ed.hparams.layer]
+        layers = ed.hparams.layers
         assert all(c.dtype == torch.float32 for c in ed.context.second_moments(layers, ed.hparams).values())
     delta.revert(model)
     assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)

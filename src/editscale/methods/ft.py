@@ -47,14 +47,15 @@ class FtL(EditMethod):
 
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest | EditCase], state: EditState) -> Delta:
         hp: FtHparams = self.hparams
+        (layer,) = hp.layers
         items = as_items(requests)
         model, anatomy = ctx.model, ctx.anatomy
         body, head = model.base_model, model.get_output_embeddings()
         prefix = model.base_model_prefix + "."
         if hp.scope == "matrix":
-            names = [anatomy.weight_name(hp.layer)]
+            names = [anatomy.weight_name(layer)]
         else:
-            block = anatomy.layer_name(hp.layer) + "."
+            block = anatomy.layer_name(layer) + "."
             names = [n for n, _ in model.named_parameters() if n.startswith(block)]
         params = dict(model.named_parameters())
         originals = {n: params[n].detach() for n in names}
@@ -98,7 +99,7 @@ class FtL(EditMethod):
                 updates[n] = Update(n, anatomy.transposed, dense=dense.contiguous())
             else:  # any parameter, in its stored layout
                 updates[n] = Update(n, False, dense=dense.contiguous())
-        return Delta(updates, {"method": self.name, "layer": hp.layer, "scope": hp.scope, "ft_losses": losses})
+        return Delta(updates, {"method": self.name, "layers": [layer], "scope": hp.scope, "ft_losses": losses})
 
 
 @register

@@ -151,24 +151,25 @@ class TargetHparams(HparamsBase):
         return v
 
 
-class RomeHparams(TargetHparams, StatsHparams):
-    """ROME and r-ROME (Meng et al. 2022; Gupta et al. 2024): one layer, rank one per request."""
-
-    layer: int | None = Field(None, ge=0)
-    mom2_adjustment: bool = True  # u = C^-1 k*; False: u = k*
-    norm_anchor_skip: PositiveFloat | None = 5.0  # the NAS reference's ROME threshold (2 for the z methods)
-
-
-class SpreadHparams(TargetHparams, StatsHparams):
-    """The MEMIT family (MEMIT, EMMET, AlphaEdit, ENCORE): z at the last edited layer, residuals spread over
-    the layers, each layer's update from its own closed-form solve."""
+class LayersHparams(HparamsBase):
+    """The edited layers, 0-indexed: ``layers: [4]`` or ``layers: [3, 4, 5]``, sorted; None until resolved (the
+    model's preset, else the method's default layers). ``layer: N``, the former name for methods that edit one
+    layer, is read as ``layers: [N]``."""
 
     layers: list[int] | None = None
-    v_steps: PositiveInt = 25
-    clamp_norm_factor: PositiveFloat = 0.75
-    context_lengths: list[tuple[PositiveInt, PositiveInt]] = [(10, 5)]
-    context_starts: list[str] | None = ["The", "Therefore", "Because", "I", "You"]
-    key_average: Literal["uniform", "grouped"] = "grouped"
+    max_layers: ClassVar[int | None] = None  # methods that edit one layer: 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_layer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "layer" in data:
+            data = dict(data)
+            layer = data.pop("layer")
+            if layer is not None:
+                if data.get("layers") is not None:
+                    raise ValueError("give layers only (layer is its former name)")
+                data["layers"] = [layer]
+        return data
 
     @field_validator("layers")
     @classmethod
@@ -181,7 +182,29 @@ class SpreadHparams(TargetHparams, StatsHparams):
             raise ValueError("layers are non-negative indices")
         if len(set(v)) != len(v):
             raise ValueError("layers must be distinct")
+        if cls.max_layers is not None and len(v) > cls.max_layers:
+            raise ValueError(f"this method edits {cls.max_layers} layer{'s' * (cls.max_layers > 1)}, e.g. "
+                             f"layers: [{v[-1]}]")
         return sorted(v)
+
+
+class RomeHparams(TargetHparams, StatsHparams, LayersHparams):
+    """ROME and r-ROME (Meng et al. 2022; Gupta et al. 2024): one layer, rank one per request."""
+
+    max_layers: ClassVar[int | None] = 1
+    mom2_adjustment: bool = True  # u = C^-1 k*; False: u = k*
+    norm_anchor_skip: PositiveFloat | None = 5.0  # the NAS reference's ROME threshold (2 for the z methods)
+
+
+class SpreadHparams(TargetHparams, StatsHparams, LayersHparams):
+    """The MEMIT family (MEMIT, EMMET, AlphaEdit, ENCORE): z at the last edited layer, residuals spread over
+    the layers, each layer's update from its own closed-form solve."""
+
+    v_steps: PositiveInt = 25
+    clamp_norm_factor: PositiveFloat = 0.75
+    context_lengths: list[tuple[PositiveInt, PositiveInt]] = [(10, 5)]
+    context_starts: list[str] | None = ["The", "Therefore", "Because", "I", "You"]
+    key_average: Literal["uniform", "grouped"] = "grouped"
 
 
 class MemitHparams(SpreadHparams):
@@ -226,10 +249,10 @@ class EncoreHparams(MemitHparams):
     v_stop_on: Literal["loss", "nll", "argmax"] = "argmax"  # MPES
 
 
-class FtHparams(HparamsBase):
+class FtHparams(LayersHparams):
     """Fine-tuning one layer's MLP output matrix: FT-L (L-inf bound) or FT-W (weight decay)."""
 
-    layer: int | None = Field(None, ge=0)
+    max_layers: ClassVar[int | None] = 1
     lr: PositiveFloat = 5e-4
     steps: PositiveInt = 25
     norm_constraint: PositiveFloat | None = 5e-5  # L-inf bound on the change; None: unbounded

@@ -73,7 +73,7 @@ from torch.func import functional_call
 
 from editscale.errors import ConfigError, EditError
 from editscale.methods.base import Delta, EditMethod, EditState, Update, register
-from editscale.methods.hparams import HparamsBase
+from editscale.methods.hparams import LayersHparams
 from editscale.methods.layer_rules import LastBlocks
 from editscale.methods.targets import EditItem, as_items, build_layout
 from editscale.model.hooks import capture, edit_output, frozen_eval
@@ -90,11 +90,11 @@ STATE_KEY = "mend_editor_sha256"  # the method state: the sha256 of the editor's
 SPLIT = 5  # 1 in SPLIT subjects of a testbed world trains the editor; runs and evaluation edit the rest
 
 
-class MendHparams(HparamsBase):
+class MendHparams(LayersHparams):
     """MEND: the edited matrices, the editor network and its training. Class defaults: the reference's
-    (config/alg/mend.yaml and config.yaml, the same for GPT-2 XL and GPT-J)."""
+    (config/alg/mend.yaml and config.yaml, the same for GPT-2 XL and GPT-J). Layers left unset: the last 3
+    blocks, as the reference's inner_params (on a testbed model the 3 below its last: ``Mend.layer_rule``)."""
 
-    layers: list[int] | None = None  # None: the last 3 blocks, as the reference's inner_params (testbed: below)
     matrices: list[Literal["in", "out", "gate"]] = Field(default_factory=lambda: ["out", "in"])  # Llama: gate too
     rank: PositiveInt = 1920  # of each editor layer's U V (capped at its width)
     n_hidden: NonNegativeInt = 1  # editor layers with a relu before the last one
@@ -111,13 +111,6 @@ class MendHparams(HparamsBase):
     seed: int = 0  # editor initialisation and the order of training edits
     editor: str | None = Field(None, description="a trained editor's directory (editscale mend train --out); "
                                                  "None: the newest in the cache for the model")
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or min(v) < 0 or len(set(v)) < len(v)):
-            raise ValueError("must name at least one layer, each once, as non-negative indices")
-        return sorted(v) if v is not None else v
 
     @field_validator("matrices")
     @classmethod

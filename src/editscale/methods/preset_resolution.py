@@ -25,7 +25,7 @@ from torch import nn
 
 from editscale.errors import ConfigError
 from editscale.methods.base import get_method_class
-from editscale.methods.hparams import HparamsBase, read_hparams_file
+from editscale.methods.hparams import HparamsBase, LayersHparams, read_hparams_file
 from editscale.model.anatomy import Anatomy
 from editscale.model.loading import model_dir, read_testbed_manifest
 
@@ -172,22 +172,23 @@ def resolve_hparams(
         preset = preset_values(kind, method)
         hp = cls.validated({**scaled_defaults(cls, kind, model, anatomy), **preset, **overrides})
     n_layers = anatomy.n_layers(model)
+    method_cls = get_method_class(method)
     if "layers" in type(hp).model_fields:
         if hp.layers is None:
-            hp = hp.updated(layers=default_layers(method, n_layers, manifest))
-        bad = [x for x in hp.layers if x >= n_layers]
-        field = "layers"
-    else:
+            default = method_cls.default_layers(n_layers, manifest)
+            most = hp.max_layers if isinstance(hp, LayersHparams) else None
+            hp = hp.updated(layers=default[-most:] if most else default)
+        edits_at, field = list(hp.layers), "layers"
+    else:  # Hparams that keep the former single ``layer`` field (a method defined outside editscale)
         if hp.layer is None:
-            hp = hp.updated(layer=default_layers(method, n_layers, manifest)[-1])
-        bad = [hp.layer] if hp.layer >= n_layers else []
-        field = "layer"
+            hp = hp.updated(layer=method_cls.default_layers(n_layers, manifest)[-1])
+        edits_at, field = [hp.layer], "layer"
+    bad = [x for x in edits_at if x >= n_layers]
     if bad:
         raise ConfigError(f"{cls.__name__}: field '{field}': layer {bad[0]} does not exist; the model has "
                           f"layers 0-{n_layers - 1}")
-    edits_at = hp.layers if "layers" in type(hp).model_fields else [hp.layer]
     # gradient-based methods (FT, MEND) read every position's gradient, so the last layer is theirs too
-    if not get_method_class(method).edits_last_layer and n_layers - 1 in edits_at:
+    if not method_cls.edits_last_layer and n_layers - 1 in edits_at:
         raise ConfigError(
             f"{cls.__name__}: field '{field}': layer {n_layers - 1} is the model's last, where nothing after the "
             "edited position reads the subject (the target has no gradient there); choose layers below "

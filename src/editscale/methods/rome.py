@@ -71,7 +71,7 @@ class Rome(EditMethod):
     def compute(self, ctx: EditContext, requests: Sequence[EditRequest | EditCase], state: EditState) -> Delta:
         hp: RomeHparams = self.hparams
         items = as_items(requests)
-        layer = hp.layer
+        (layer,) = hp.layers
         anatomy = ctx.anatomy
         c_inv = ctx.second_moment_solver(layer, hp) if hp.mom2_adjustment else None
         prefixes = ctx.prefixes(PrefixSpec.from_hparams(hp))
@@ -94,27 +94,27 @@ class Rome(EditMethod):
         left = torch.stack(lefts, 1).float()
         right = torch.stack(rights, 0).float()
         upd = Update(weight_name, anatomy.transposed, left=left, right=right)
-        return Delta({weight_name: upd}, {"method": self.name, "layer": layer, **info})
+        return Delta({weight_name: upd}, {"method": self.name, "layers": [layer], **info})
 
     def prepare_statistics(self, ctx: EditContext) -> None:
         """The edited layer's second moment, unless u = k* (``mom2_adjustment`` off)."""
         if self.hparams.mom2_adjustment:
-            ctx.second_moments([self.hparams.layer], self.hparams)
+            super().prepare_statistics(ctx)
 
     def prepare_anchor(self, ctx: EditContext) -> None:
         """The norm anchor of the edited layer's value vectors, when it is on."""
         if self.hparams.norm_anchor:
-            anchor_for(ctx, ctx.anatomy.mlp_out_name(self.hparams.layer), self.hparams)
+            anchor_for(ctx, ctx.anatomy.mlp_out_name(self.hparams.layers[0]), self.hparams)
 
     def rank_one(self, ctx: EditContext, request: EditRequest | EditCase | EditItem) -> RankOne:
         """The rank-one update of one request on the model as it is (for tests and analysis)."""
         hp: RomeHparams = self.hparams
-        c_inv = ctx.second_moment_solver(hp.layer, hp) if hp.mom2_adjustment else None
+        c_inv = ctx.second_moment_solver(hp.layers[0], hp) if hp.mom2_adjustment else None
         return self._one(ctx, as_items([request])[0], ctx.prefixes(PrefixSpec.from_hparams(hp)), c_inv)[0]
 
     def _one(self, ctx: EditContext, item: EditItem, prefixes, c_inv):
         hp: RomeHparams = self.hparams
-        module = ctx.anatomy.mlp_out_name(hp.layer)
+        module = ctx.anatomy.mlp_out_name(hp.layers[0])
         reads = subject_activations(ctx, [item], prefixes, [(module, True), (module, False)],
                                     average=hp.key_average, stop_after=module)
         keys, outs = reads[(module, True)], reads[(module, False)]
