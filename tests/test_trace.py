@@ -13,7 +13,8 @@ from editscale.data.records import Fact
 from editscale.model.anatomy import FAMILIES, get_anatomy
 from editscale.model.tokens import continuation_ids
 from editscale.trace import causal_trace, trace_fact, window_range
-from editscale.trace.causal import default_window, recommend, subject_token_range
+from editscale.trace.causal import default_window, subject_token_range
+from editscale.trace.summary import recommend
 
 PROMPTS = (
     ("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),

@@ -10,8 +10,8 @@ from typing import Any
 from editscale.errors import RunStateError
 from editscale.eval.metrics import METRICS, metrics_at
 from editscale.eval.panel import KNOWN_FACTS, PERPLEXITY, primary_metric
-from editscale.experiment.runner import summarize
 from editscale.experiment.store import DB_NAME, RunStore
+from editscale.experiment.summary import summarize
 from editscale.report.plots import RunData, load_run, write_plots
 
 _CAPTIONS = {

@@ -3,18 +3,14 @@
 from editscale.trace.causal import (
     GROUPS,
     KINDS,
-    RULE,
     FactTrace,
-    TraceSummary,
-    causal_trace,
     default_window,
     embedding_noise,
     known_mask,
-    recommend,
-    summarize,
     trace_fact,
     window_range,
 )
+from editscale.trace.summary import RULE, TraceSummary, causal_trace, recommend, summarize
 
 __all__ = ["GROUPS", "KINDS", "RULE", "FactTrace", "TraceSummary", "causal_trace", "default_window",
            "embedding_noise", "known_mask", "recommend", "summarize", "trace_fact",

@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from editscale.trace.causal import GROUPS, FactTrace, TraceSummary
+from editscale.trace.causal import GROUPS, FactTrace
+from editscale.trace.summary import TraceSummary
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {
