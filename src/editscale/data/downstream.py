@@ -290,7 +290,7 @@ def _load_hub(spec: _GlueTask) -> list[Example]:
     try:
         import datasets
     except ImportError:
-        raise DataLoadError(f"no data directory given for {spec.name} and the `datasets` package is not "
+        raise DataLoadError(f"no data directory given for {spec.name} and the `datasets` package (pip install 'editscale[hub]') is not "
                             f"installed; {how}") from None
     if not hub_reachable():
         raise DataLoadError(f"no data directory given for {spec.name} and the Hugging Face hub cannot be "

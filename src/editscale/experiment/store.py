@@ -388,9 +388,11 @@ class RunStore:
         return self.connection.execute(sql, params).fetchall()
 
     def frame(self, table: str):
-        """A table as a pandas DataFrame (pandas is needed only here)."""
-        import pandas as pd
-
+        """A table as a pandas DataFrame (pandas, the ``frames`` extra, is needed only here)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise RunStateError("RunStore.frame needs pandas: pip install 'editscale[frames]' (or pandas)") from None
         if table not in TABLES:
             raise RunStateError(f"no table {table!r} in a run database; tables: {', '.join(TABLES)}")
         return pd.read_sql(f"SELECT * FROM {table}", self.connection)

@@ -126,7 +126,7 @@ class Corpus:
         except ImportError:
             raise DataLoadError(
                 f"statistics corpus {name!r} is a hub dataset, which needs the 'datasets' package "
-                "(pip install datasets); or pass a local text file instead"
+                "(pip install 'editscale[hub]'); or pass a local text file instead"
             ) from None
         if not hub_reachable():
             raise DataLoadError(
