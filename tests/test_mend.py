@@ -16,7 +16,6 @@ from tiny import FAMILIES, bpe_tokenizer, random_model
 
 from editscale.cache_entries import KINDS
 from editscale.errors import ConfigError, EditError
-from editscale.methods import mend as mend_module
 from editscale.methods.base import usable_cases
 from editscale.methods.editor import Editor
 from editscale.methods.mend import (
@@ -28,6 +27,7 @@ from editscale.methods.mend import (
     load_editor,
     train_and_save,
 )
+from editscale.methods.mend import storage as mend_storage
 from editscale.methods.targets import as_items
 from editscale.model.loading import load_model
 from editscale.names import load_cases
@@ -54,7 +54,7 @@ def trained(tiny, world, tmp_path_factory):
     root = tmp_path_factory.mktemp("mend-cache")
     model, tok = tiny
     mp = pytest.MonkeyPatch()
-    mp.setattr(mend_module, "editor_root", lambda: root)
+    mp.setattr(mend_storage, "editor_root", lambda: root)
     ed = Editor(model, tok, "mend", FAST, stats_cache=None)
     path, _ = train_and_save(ed.context, world[0], ed.hparams, model_name="testbed:tiny",
                              data={"spec": "testbed:tiny", "split": "subjects", "records": 720}, steps=30,
@@ -65,7 +65,7 @@ def trained(tiny, world, tmp_path_factory):
 
 @pytest.fixture()
 def mend_editor(tiny, trained, monkeypatch):
-    monkeypatch.setattr(mend_module, "editor_root", lambda: trained[0])
+    monkeypatch.setattr(mend_storage, "editor_root", lambda: trained[0])
     model, tok = tiny
     return Editor(model, tok, "mend", FAST, stats_cache=None)
 
@@ -99,7 +99,7 @@ def test_update_is_a_sum_of_rank_one_terms_of_the_declared_matrices(picks, tiny,
     factors = gradient_factors(ctx, as_items(chosen), [m for m, *_ in declared])
     net, _ = mend_editor.method.network(ctx)
     # the raw factorisation: u and delta per token give the weight's true gradient, grad W = delta^T u
-    from editscale.methods.mend import _nll
+    from editscale.methods.mend.method import _nll
     from editscale.methods.targets import build_layout
 
     lay = build_layout(ctx, as_items(chosen), [[""]])
@@ -159,7 +159,7 @@ def test_the_editor_is_pinned_in_the_method_state(tiny, world, trained, mend_edi
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_trains_and_edits_through_its_anatomy(family, tmp_path, monkeypatch):
     """Random tiny models of each family: the declared matrices (Llama's gate too) only, as low-rank updates."""
-    monkeypatch.setattr(mend_module, "editor_root", lambda: tmp_path)
+    monkeypatch.setattr(mend_storage, "editor_root", lambda: tmp_path)
     tok = bpe_tokenizer()
     model = random_model(family, vocab_size=len(tok))
     extra = {"matrices": ["gate", "in", "out"]} if family == "llama" else {}
@@ -178,7 +178,7 @@ def test_every_family_trains_and_edits_through_its_anatomy(family, tmp_path, mon
 
 
 def test_a_model_without_an_editor_gets_one_line(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(mend_module, "editor_root", lambda: tmp_path / "empty")
+    monkeypatch.setattr(mend_storage, "editor_root", lambda: tmp_path / "empty")
     model, tok = tiny
     with pytest.raises(ConfigError, match="no trained MEND editor .*editscale mend train --model") as e:
         Editor(model, tok, "mend", stats_cache=None).prepare()

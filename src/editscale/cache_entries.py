@@ -36,7 +36,8 @@ from editscale.errors import ConfigError
 from editscale.model.gguf import MANIFEST_FILE as GGUF_MANIFEST
 from editscale.model.loading import MANIFEST_FILE as TESTBED_MANIFEST
 
-# (MEND's manifest name is editscale.methods.mend.MANIFEST_FILE, spelt out here: listing imports no torch)
+# (MEND's manifest name is editscale.methods.mend.storage.MANIFEST_FILE, spelt out here: listing imports no
+# torch)
 KINDS = {"testbed": TESTBED_MANIFEST, "models": GGUF_MANIFEST, "mend": "editscale_mend.json"}
 
 
