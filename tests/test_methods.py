@@ -80,6 +80,39 @@ def test_methods_declare_themselves_and_the_catalog_reads_it_without_torch():
     assert all(name in out for name in builtin)
 
 
+def test_no_method_name_is_spelt_outside_its_module():
+    """Principle 10: what differs between methods is declared by the method, so its name appears as a string
+    only in its own module (and the preset files), not in the code that resolves, prepares or lists methods."""
+    import ast
+    from pathlib import Path
+
+    import editscale
+    from editscale.methods.catalog import declared
+
+    root = Path(editscale.__file__).parent
+    names = {d.name: ".".join(d.module.split(".")[:3]) for d in declared()}  # its module, or its package
+    allowed = {
+        "demo.py",  # the demo's choice of methods to run
+        "cli/edit.py",  # --method's default, printed in the result (the Editor's default is declared)
+        "cli/mend.py",  # the `editscale mend` command group
+        "cache_entries.py",  # MEND's cache folder, spelt out so that listing the cache imports no torch
+    }
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        module = "editscale." + rel.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+        if rel in allowed:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(
+            n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body and isinstance(n.body[0], ast.Expr)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings
+                    and not module.startswith(names[node.value])):
+                found.append(f"{rel}:{node.lineno}: {node.value!r}")
+    assert not found, found
+
+
 def test_the_methods_command_lists_the_declarations(cli):
     code, out, _ = cli("methods", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
