@@ -195,9 +195,9 @@ class EditMethod:
         raise NotImplementedError
 
     def prepare(self, ctx: EditContext) -> None:
-        """Compute, on the unedited model, what the method needs (``needs``, in order: statistics, prefixes,
-        AlphaEdit's projectors, a norm anchor, MEND's editor); ``Editor.prepare`` calls it before the first
-        edit. What is not prepared is computed on first use."""
+        """Compute, on the unedited model, what the method needs (``needs``, in the order declared: e.g.
+        statistics, prefixes, a norm anchor, AlphaEdit's projectors; MEND's editor); ``Editor.prepare`` calls it
+        before the first edit. What is not prepared is computed on first use."""
         for need in self.needs:
             getattr(self, f"prepare_{need}")(ctx)
 
