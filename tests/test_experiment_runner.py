@@ -357,9 +357,11 @@ def test_demo_plumbing(fixture_files, tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "resolve_model_path", lambda name: str(model_dir))
     monkeypatch.setattr(runner, "demo_config", lambda method, edits: runner.parse_config(
         config(model_dir, data, method, edits=edits, forget_every=3)))
-    page = runner.run_demo(tmp_path / "demo", edits=6, methods=("test-noise",), progress=False)
-    assert page == tmp_path / "demo" / "report" / "report.html" and page.is_file()
+    page, dirs, done_before = runner.run_demo(tmp_path / "demo", edits=6, methods=("test-noise",), progress=False)
+    assert page == tmp_path / "demo" / "report" / "report.html" and page.is_file() and done_before == 0
+    assert dirs == [tmp_path / "demo" / "test-noise"]
     assert summarize(tmp_path / "demo" / "test-noise")["edits"] == 6
-    assert runner.run_demo(tmp_path / "demo", edits=6, methods=("test-noise",), progress=False) == page
+    again = runner.run_demo(tmp_path / "demo", edits=6, methods=("test-noise",), progress=False)
+    assert again == (page, dirs, 1)  # the run was complete: said, and the report written again
     with pytest.raises(RunStateError, match="another config"):
         runner.run_demo(tmp_path / "demo", edits=7, methods=("test-noise",), progress=False)

@@ -69,15 +69,19 @@ def evaluate_edits(
     from editscale.eval.counterfact import CounterFactResult, ReferenceScorer, evaluate_cases
     from editscale.eval.lengths import EDIT_RESERVE, check_cases_fit
     from editscale.progress import progress as bar
+    from editscale.progress import progress_bar
 
     model, tok = editor.model, editor.tokenizer
     check_cases_fit(model, tok, cases, reserve=EDIT_RESERVE)
     reference = ReferenceScorer(cases)  # one vectorizer for all cases, fitted on their reference texts
     chunks = [list(cases[i: i + batch]) for i in range(0, len(cases), batch)]
-    pre = []  # the unedited model, in chunks of 16 records for a progress line
-    for chunk in bar([list(cases[i: i + 16]) for i in range(0, len(cases), 16)], "the unedited model: score",
-                     enabled=progress):
-        pre += evaluate_cases(model, tok, chunk, metrics=metrics, batch_size=batch_size, reference=reference).cases
+    pre = []  # the unedited model, in chunks of 16 records; the progress line counts records
+    with progress_bar("the unedited model: score (records)", len(cases), progress) as advance:
+        for i in range(0, len(cases), 16):
+            chunk = list(cases[i: i + 16])
+            pre += evaluate_cases(model, tok, chunk, metrics=metrics, batch_size=batch_size,
+                                  reference=reference).cases
+            advance(len(chunk))
     editor.prepare()
     scored = []
     for chunk in bar(chunks, f"{editor.method_name}: edit, score, revert", enabled=progress):

@@ -24,14 +24,16 @@ def demo_config(method: str, edits: int) -> RunConfig:
 
 
 def run_demo(out_dir: str | Path, edits: int = 300, methods: Sequence[str] = DEMO_METHODS, *,
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None) -> tuple[Path, list[Path], int]:
     """Build testbed:demo if needed, run each method on the same seeded sample into ``out_dir/METHOD``
-    (continuing runs a killed demo left), and write the report into ``out_dir/report``; returns report.html."""
+    (continuing runs a killed demo left), and write the report into ``out_dir/report``; returns report.html,
+    the run directories and how many runs were complete already (an earlier demo's)."""
+    from editscale.cache import staged_output
     from editscale.names import resolve_model_path
 
     resolve_model_path("testbed:demo")
     out = Path(out_dir)
-    dirs = []
+    dirs, done_before = [], 0
     for method in methods:
         cfg, run_dir = demo_config(method, edits), out / method
         if (run_dir / DB_NAME).exists():
@@ -40,8 +42,12 @@ def run_demo(out_dir: str | Path, edits: int = 300, methods: Sequence[str] = DEM
             if stored != cfg.to_dict():
                 raise RunStateError(f"{run_dir} holds a run with another config (e.g. another number of edits); "
                                     "choose another --out")
+            with RunStore.in_dir(run_dir, readonly=True) as store:
+                done_before += store.meta().get("status") == "complete"
             resume(run_dir, progress=progress)
         else:
             run_experiment(cfg, run_dir, progress=progress)
         dirs.append(run_dir)
-    return write_report(dirs, out / "report")
+    with staged_output(out / "report", "report") as tmp:
+        name = write_report(dirs, tmp).name
+    return out / "report" / name, dirs, done_before

@@ -183,10 +183,37 @@ def demo_command(
     MEMIT and FT-L on the same seeded sample, and write the report."""
     import torch
 
-    from editscale.cache import check_writable, refuse_inside_cache
-    from editscale.demo import run_demo
+    from editscale.cache import check_out_dir
+    from editscale.demo import DEMO_METHODS, run_demo
+    from editscale.report.html import summary_rows
 
-    refuse_inside_cache(out, "--out")
-    check_writable(out, "--out")  # before the testbed build
-    page = run_demo(out, edits=edits)
-    print(f"report: {page} (on {torch.get_num_threads()} CPU threads)")
+    check_out_dir(out, "--out", "demo")  # before the testbed build
+    check_out_dir(out / "report", "--out", "report", names=("report.html",))
+    print(f"editscale demo: {len(DEMO_METHODS)} methods x {edits} sequential edits of testbed:demo into {out}, on "
+          f"{torch.get_num_threads()} CPU threads (building testbed:demo first if it is not built: 10-25 minutes)",
+          file=sys.stderr)
+    page, dirs, done_before = run_demo(out, edits=edits)
+    if done_before == len(dirs):
+        print(f"every run in {out} was complete already (an earlier demo); the report was written again",
+              file=sys.stderr)
+    print_summary(summary_rows(dirs))
+    print(f"report: {page}")
+
+
+SUMMARY_COLUMNS = ("run", "edits", "efficacy", "paraphrase", "neighborhood", "forgotten %", "skill F1 change",
+                   "perplexity change", "known facts kept", "distance / element", "flagged", "method s / edit")
+
+
+def print_summary(rows: list[dict[str, Any]]) -> None:
+    """The report's summary rows as a table, the columns a reader looks at first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = [c for c in SUMMARY_COLUMNS if any(r.get(c, "-") not in ("-", "") for r in rows)]
+    table = Table(title="summary (per-edit scores over the last 50 edits, %; forgotten: of the edits correct when "
+                        "made)")
+    for c in cols:
+        table.add_column(c, justify="left" if c == "run" else "right")
+    for r in rows:
+        table.add_row(*[str(r.get(c, "")) for c in cols])
+    Console(width=max(120, Console().width)).print(table)

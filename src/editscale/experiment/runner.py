@@ -312,7 +312,7 @@ class _Run:
             u, last_edit, values, refused,
             edits=[{"edit_idx": i, "case_id": c.case_id, **s.values} for i, c, s in zip(idx, batch, scores)],
             distances=distances, events=events)
-        status = f"eff {nanmean([s.efficacy for s in scores]):.2f}"
+        status = f"last edit efficacy {100 * nanmean([s.efficacy for s in scores]):.0f}%"
         if self.schedule.recheck(u):
             status += f" forgotten {100 * self._recheck(u, first_new=idx[0], last_edit=last_edit):.0f}%"
         if self.schedule.downstream(u) and self.downstream is not None:
