@@ -45,7 +45,8 @@ def test_report_of_two_runs(tmp_path):
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == PLOTS
     html = page.read_text()
     assert all(f'src="{p}"' in html for p in PLOTS)
-    assert "<td>rome</td>" in html and "<td>memit</td>" in html
+    assert '">rome</td>' in html and '">memit</td>' in html  # the run cell, its directory as tooltip
+    assert f'title="{tmp_path / "a"}"' in html
     assert "<td>40</td>" in html  # rome's first flagged edit
     assert "<th>forgotten %</th>" in html and "<th>forgotten (P) %</th>" in html
     assert "<td>20.0</td>" in html  # the paper's forgetting at the last re-check: 12 of 60
@@ -86,3 +87,27 @@ def test_trailing_mean():
     x = np.array([1.0, 0.0, np.nan, 1.0, 1.0])
     assert trailing_mean(x, 2).tolist() == [1.0, 0.5, 0.0, 1.0, 1.0]
     assert trailing_mean(x, 50)[-1] == pytest.approx(0.75)
+
+
+def test_the_report_fits_a_browser_page(tmp_path):
+    """Opened in a real browser 1,400 px wide, the summary table (the headline) stays within the page."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no chromium here (Debian: apt-get install chromium)")
+    for name, method in (("a", "rome"), ("b", "memit"), ("c", "encore-with-a-long-name")):
+        fake_run(tmp_path / name, method)
+    page = write_report([tmp_path / n for n in ("a", "b", "c")], tmp_path / "rep")
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", "<script>document.title = [document.querySelector("
+                     "'table.summary').getBoundingClientRect().right, document.documentElement.clientWidth]"
+                     ".join(' ');</script></body>"))
+    out = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120)
+    title = out.stdout.split("<title>")[1].split("</title>")[0]
+    right, width = map(float, title.split())
+    assert right <= width, f"the summary table runs {right - width:.0f} px off the page"

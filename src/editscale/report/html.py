@@ -162,7 +162,8 @@ def summary_rows(run_dirs: list[Path]) -> list[dict[str, Any]]:
 def summary_markdown(run_dirs: list[Path]) -> str:
     """The report's summary table as Markdown: what ``editscale report --markdown`` prints."""
     rows = summary_rows(run_dirs)
-    cols = [c for c in rows[0] if c not in MARKDOWN_SKIP]
+    cols = [c for c in rows[0] if c not in MARKDOWN_SKIP and (c in HEADLINE[:2] or any(
+        str(r.get(c, "-")) not in ("-", "") for r in rows))]  # columns nothing was measured for are left out
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |" for r in rows]
     return "\n".join(lines)
@@ -211,6 +212,34 @@ def _flagged_section(flagged: dict[str, list[tuple[int, str, str]]]) -> str:
             "re-applies them alone to the unedited model.</p>" + "".join(parts))
 
 
+# the summary table's columns in reading order: the headline (forgetting, ability lost, drift) before the
+# per-edit scores; the directory is the run cell's tooltip, not a column
+HEADLINE = ("run", "edits", "forgotten %", "skill F1 change", "perplexity change", "known facts kept",
+            "distance / element", "flagged", "first flagged edit")
+OFF_PAGE = ("directory", "model", "method", "status")
+
+
+MAIN = ("efficacy", "edit correct", "paraphrase", "neighborhood", "score", "method s / edit")
+
+
+def _summary_table(rows: list[dict[str, Any]], details: bool = False) -> str:
+    """The summary table (the headline and the main per-edit scores, within a page's width), or with ``details``
+    the run's other measurements."""
+    shown = HEADLINE + MAIN
+    cols = ([c for c in shown if c in rows[0]] if not details
+            else ["run"] + [c for c in rows[0] if c not in shown and c not in OFF_PAGE])
+    cols = [c for c in cols if c in HEADLINE[:2] or any(str(r.get(c, "-")) not in ("-", "") for r in rows)]
+    if details and len(cols) == 1:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f'<td title="{html.escape(str(r.get("directory", "")))}">{html.escape(str(r[c]))}</td>'
+                         if c == "run" else f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+        for r in rows)
+    kind = "details" if details else "summary"
+    return f'<div class="wide"><table class="{kind}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
@@ -220,8 +249,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def _downstream_section(rows: list[dict[str, str]]) -> str:
     if not rows:
         return ""
-    return ("<h2>Downstream</h2><p>Few-shot F1 of the unedited model and at the last evaluation. A task the "
-            "unedited model is at chance on cannot show lost ability.</p>" + _table(rows))
+    return ("<h2>Downstream</h2><p>Each task's measure for the unedited model and at the last evaluation: few-shot "
+            "F1, perplexity on held-out text (lower is better), the share of known facts still right. A few-shot "
+            "task the unedited model is at chance on cannot show lost ability.</p>" + _table(rows))
 
 
 def _page(rows: list[dict[str, Any]], images: list[Path], flagged: dict[str, list[tuple[int, str, str]]],
@@ -233,16 +263,20 @@ def _page(rows: list[dict[str, Any]], images: list[Path], flagged: dict[str, lis
 <html lang="en"><head><meta charset="utf-8"><title>editscale report</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 2em; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-th {{ background: #f3f3f3; }}
-td:nth-child(-n+5) {{ text-align: left; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 5px; text-align: right; }}
+th {{ background: #f3f3f3; font-weight: 600; max-width: 6em; overflow-wrap: anywhere; }}
+td:first-child {{ text-align: left; }}
+.wide {{ max-width: 100%; overflow-x: auto; }}
+table.summary td {{ white-space: nowrap; }}
+table.summary td:first-child, table.summary td:nth-child(4) {{ white-space: normal; max-width: 11em; }}
 figure {{ margin: 0 0 2em 0; }}
 img {{ max-width: 100%; }}
 figcaption {{ color: #555; font-size: 0.9em; }}
 </style></head>
 <body>
 <h1>Sequential editing report</h1>
+{_summary_table(rows)}
 <p>Per-edit metrics are averaged over the last 50 edits (percentages, except entropy in bits and the reference
 score, a cosine); score is their harmonic mean of efficacy, paraphrase and neighborhood. "forgotten %" is the
 scale paper's forgetting at the last re-check (of the edits whose new target was all argmax when made, the share
@@ -252,8 +286,8 @@ evaluation over the tasks the unedited model is not at chance on (MCC at least 0
 "distance / element" the edited weights' final distance from the original over every edited matrix (square root
 of the summed squared Frobenius norms over their summed elements); "method s / edit" the method's own compute
 time per edit (no scoring, re-checks or downstream). Flagged edits are possible disabling edits (see the events
-table in each run's results.sqlite).</p>
-{_table(rows)}
+table in each run's results.sqlite). A run's directory is its name's tooltip.</p>
+{_summary_table(rows, details=True)}
 {_downstream_section(downstream)}
 {figures}
 {_flagged_section(flagged)}
