@@ -1,17 +1,26 @@
-"""Shared fixtures."""
+"""Shared fixtures.
+
+The tests keep their own editscale cache (``~/.cache/editscale-tests``, or ``$EDITSCALE_TEST_HOME``), so that
+``testbed:tiny`` and the statistics they build do not land in the user's cache; an ``EDITSCALE_HOME`` the user
+set is left as it is.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("EDITSCALE_HOME", os.environ.get("EDITSCALE_TEST_HOME",
+                                                       str(Path.home() / ".cache" / "editscale-tests")))
 
 
 @pytest.fixture(scope="session")
 def tiny_testbed() -> Path:
     """The built ``testbed:tiny`` model directory (built once per cache, about a minute on 2 cores).
 
-    It lives in the editscale cache (``$EDITSCALE_HOME``, default ``~/.cache/editscale``), so
+    It lives in the tests' editscale cache (``$EDITSCALE_HOME``; see the module docstring), so
     ``load_model("testbed:tiny")`` finds the same directory, and a machine that has built it before reuses it.
     """
     from editscale.testbed.registry import ensure_built

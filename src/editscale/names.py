@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from editscale.cache import cache_root
+from editscale.cache import cache_root, lock_is_held
 from editscale.data.readers import load_cases as _read_cases
 from editscale.data.records import EditCase
 from editscale.data.sources import resolve_named
@@ -170,8 +170,10 @@ def model_listing() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name in known():
         path = model_path(name)
+        state = ("built" if is_built(path) else "building (another process)"
+                 if lock_is_held(path.parent / f"{path.name}.lock") else "not built (builds on first use)")
         rows.append({"name": f"{TESTBED_PREFIX}{name}", "kind": "testbed", "installed": True,
-                     "state": "built" if is_built(path) else "not built (builds on first use)", "path": str(path),
+                     "state": state, "path": str(path),
                      "source": None, "install": None, "about": "editscale's own fact model, trained on this machine"})
     for model in NAMED_MODELS.values():
         files = model.located()

@@ -59,16 +59,24 @@ def sha256_of(paths: Sequence[Path]) -> str:
 
 
 @contextmanager
-def _quiet_gguf_reader() -> Iterator[None]:
-    """transformers' GGUF reader draws its own tqdm bar per tensor; editscale's one progress line suffices."""
+def _quiet_gguf_reader(advance=None) -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar per tensor; editscale's one progress line counts the
+    tensors instead (``advance(n)`` per tensor read), so a 30-50 s conversion is not silent."""
     try:
         from transformers import modeling_gguf_pytorch_utils as reader
     except ImportError:
         yield
         return
     bar = getattr(reader, "tqdm", None)
+
+    def counted(iterable, *args, **kwargs):
+        for item in iterable:
+            yield item
+            if advance is not None:
+                advance(1)
+
     if bar is not None:
-        reader.tqdm = lambda iterable, *args, **kwargs: iterable
+        reader.tqdm = counted
     try:
         yield
     finally:
@@ -123,6 +131,16 @@ def ensure_converted(sources: Path | str | Sequence[Path | str], directory: Path
     return directory
 
 
+def _count_tensors(path: Path) -> int | None:
+    """The tensors a GGUF file holds (its header says), for the conversion's progress; None if unreadable."""
+    try:
+        from gguf import GGUFReader
+
+        return len(GGUFReader(str(path)).tensors)
+    except Exception:  # noqa: BLE001 - the conversion itself reports a file it cannot read
+        return None
+
+
 def convert_gguf(sources: Path | str | Sequence[Path | str], out_dir: Path, *,
                  progress: bool | None = None, sha256: str | None = None) -> dict:
     """Convert a GGUF file (or its chunks) into the existing directory ``out_dir``: the dequantised float32
@@ -157,11 +175,11 @@ def convert_gguf(sources: Path | str | Sequence[Path | str], out_dir: Path, *,
     hf_logging.set_verbosity_error()
     try:
         what = paths[0].name if len(paths) == 1 else paths[0].name.rsplit(".part", 1)[0]
-        with progress_bar(f"converting {what} (once)", 2, progress) as advance, _quiet_gguf_reader():
+        n_tensors = _count_tensors(source)
+        with progress_bar(f"converting {what} (once; tensors)", n_tensors, progress) as advance, \
+                _quiet_gguf_reader(advance):
             tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-            advance(1)
             model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-            advance(1)
     except Exception as e:  # noqa: BLE001 -- any failure to read the file is the file's: one line, not a trace
         raise ModelLoadError(f"transformers could not read the GGUF file {paths[0]}: "
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
