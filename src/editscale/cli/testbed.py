@@ -1,7 +1,9 @@
-"""``editscale testbed build NAME``: train (or find cached) one of editscale's own small fact models."""
+"""``editscale testbed build NAME``: train (or find cached) one of editscale's own small fact models;
+``editscale testbed corpus NAME --out FILE``: its statistics corpus with its skills' texts."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -56,3 +58,28 @@ def build_command(
     typer.echo(f"recall on held-out paraphrase templates: {m['recall_heldout']:.1%}")
     typer.echo(f"skills F1: {skills}")
     typer.echo(f"edit layers: ROME {m['rome_layer']}, MEMIT {m['memit_layers']}")
+
+
+@testbed.command("corpus")
+def corpus_command(
+    name: Annotated[str, typer.Argument(help="A testbed model: tiny, demo, or a testbed model's directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The corpus file to write (one text per line).")],
+    skill_texts: Annotated[int, typer.Option(help="Skill training texts spread through the generic corpus.",
+                                             min=0)] = 600,
+) -> None:
+    """A statistics corpus holding what must be preserved: the testbed's generic corpus with its skills' training
+    texts spread evenly through it (for mom2_corpus: FILE; AlphaEdit's null space then covers the skills)."""
+    from editscale.cache import check_writable, refuse_inside_cache
+    from editscale.errors import ConfigError
+    from editscale.names import resolve_model_path
+    from editscale.testbed.corpus import preserved_corpus
+
+    if out.exists():
+        raise ConfigError(f"{out} exists; choose another --out")
+    refuse_inside_cache(out, "--out")
+    check_writable(out.parent, "--out")
+    lines, n_generic = preserved_corpus(resolve_model_path(name if "/" in name else f"testbed:{name}"), skill_texts)
+    tmp = out.with_name(f".{out.name}.writing")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    typer.echo(f"{out}: {n_generic} generic texts + {len(lines) - n_generic} skill texts")
