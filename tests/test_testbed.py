@@ -146,3 +146,18 @@ def test_demo_skills_reach_f1_0_9_and_recall_0_95(cli):
     assert set(f1) == set(SKILL_NAMES) and min(f1.values()) >= 0.9, f1
     manifest = json.loads((registry.model_path("demo") / MANIFEST_FILE).read_text())
     assert manifest["recall_train"] >= 0.95 and manifest["recall_heldout"] >= 0.9
+
+
+def test_preserved_corpus_spreads_the_skill_texts(tiny_testbed, cli, tmp_path):
+    from editscale.testbed.corpus import preserved_corpus
+
+    lines, n_generic = preserved_corpus(tiny_testbed, 40)
+    assert len(lines) == n_generic + 40 and all("\n" not in line for line in lines)
+    generic = set((tiny_testbed / "corpus.txt").read_text().splitlines())
+    skill_at = [i for i, line in enumerate(lines) if line not in generic]
+    assert len(skill_at) == 40 and skill_at[0] < len(lines) // 10 and skill_at[-1] > len(lines) * 9 // 10  # spread
+    code, out, err = cli("testbed", "corpus", str(tiny_testbed), "--out", str(tmp_path / "c.txt"), "--skill-texts", "40")
+    assert code == 0, err
+    assert (tmp_path / "c.txt").read_text().splitlines() == lines
+    code, _, err = cli("testbed", "corpus", str(tiny_testbed), "--out", str(tmp_path / "c.txt"))
+    assert code == 2 and "exists" in err
