@@ -173,8 +173,10 @@ def test_missing_data_errors(tmp_path, monkeypatch):
         load_glue("sst2", tmp_path / "nope")
     with pytest.raises(DataLoadError, match=r"no cola dev set in .*CoLA/dev.tsv"):
         load_glue("cola", tmp_path)
+    monkeypatch.setenv("EDITSCALE_HOME", str(tmp_path / "home"))  # nothing fetched into the data home
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
-    with pytest.raises(DataLoadError, match=r"`datasets` package is not installed; pass a data directory"):
+    with pytest.raises(DataLoadError, match=r"`datasets` package \(pip install 'editscale\[hub\]'\) is not installed; "
+                                            "pass a data directory"):
         load_glue("sst2")
     monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
     monkeypatch.setattr("editscale.model.loading.hub_reachable", lambda: False)
@@ -421,3 +423,12 @@ def test_cli_errors(cli, tmp_path):
     assert code == 2 and err.startswith("error: no cola dev set in") and err.count("\n") == 1
     code, _, err = cli("downstream", "--model", "unused", "--n", "3", "--data-dir", str(tmp_path))
     assert code == 2 and "multiple of 2" in err
+
+
+def test_glue_reads_the_data_home_before_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITSCALE_HOME", str(tmp_path))
+    folder = tmp_path / "data" / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    (folder / "dev.tsv").write_text("sentence\tlabel\na fine film\t1\na dull one\t0\n")
+    monkeypatch.setattr("editscale.model.loading.hub_reachable", lambda: False)
+    assert [ex.label for ex in load_glue("sst2")] == [1, 0]
