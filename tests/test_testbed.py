@@ -156,7 +156,7 @@ def test_preserved_corpus_spreads_the_skill_texts(tiny_testbed, cli, tmp_path):
     generic = set((tiny_testbed / "corpus.txt").read_text().splitlines())
     skill_at = [i for i, line in enumerate(lines) if line not in generic]
     assert len(skill_at) == 40 and skill_at[0] < len(lines) // 10 and skill_at[-1] > len(lines) * 9 // 10  # spread
-    code, out, err = cli("testbed", "corpus", str(tiny_testbed), "--out", str(tmp_path / "c.txt"), "--skill-texts", "40")
+    code, _, err = cli("testbed", "corpus", str(tiny_testbed), "--out", str(tmp_path / "c.txt"), "--skill-texts", "40")
     assert code == 0, err
     assert (tmp_path / "c.txt").read_text().splitlines() == lines
     code, _, err = cli("testbed", "corpus", str(tiny_testbed), "--out", str(tmp_path / "c.txt"))

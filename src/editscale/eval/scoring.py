@@ -19,6 +19,7 @@ from torch import nn
 
 from editscale.model.compat import cache_kwargs, output_cache
 from editscale.model.loading import model_device
+from editscale.model.sampling import top_k_sample
 from editscale.model.tokens import continuation_ids, encode, ensure_pad_token, pad_batch
 
 
@@ -180,13 +181,7 @@ def generate_ids(
             break
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache))
         cache = output_cache(out)
-        last = out.logits[:, -1].float().cpu()
-        if top_k == 1:
-            nxt = last.argmax(-1)
-        else:
-            vals, top = last.topk(min(top_k, last.shape[-1]), dim=-1)
-            choice = torch.multinomial(torch.softmax(vals, -1), 1, generator=gen)[:, 0]
-            nxt = top[torch.arange(len(seqs)), choice]
+        nxt = top_k_sample(out.logits[:, -1], top_k, gen)
         for i, t in enumerate(nxt.tolist()):
             if not done[i]:
                 seqs[i].append(t)

@@ -75,7 +75,7 @@ from editscale.experiment.rundir import RunLock, check_free, clean_setups, confi
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.experiment.summary import summarize
 from editscale.methods.base import Delta, EditState
-from editscale.model.loading import torch_threads
+from editscale.model.loading import nonfinite_weights, torch_threads
 from editscale.progress import progress_bar
 
 _VERSIONED = ("editscale", "torch", "transformers", "tokenizers", "safetensors", "numpy")
@@ -128,12 +128,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def nonfinite_params(model: nn.Module, delta: Delta) -> list[str]:
-    """The parameters an applied update left with NaN or infinite values."""
-    params = dict(model.named_parameters())
-    return [n for n in delta.updates if not bool(torch.isfinite(params[n]).all())]
 
 
 def _layer_of(param: str, layers_path: str) -> int | None:
@@ -274,7 +268,7 @@ class _Run:
         compute_seconds = time.perf_counter() - t0
         self._keep_originals(delta)
         delta.apply(self.model)
-        broken = nonfinite_params(self.model, delta)
+        broken = nonfinite_weights(self.model, delta.updates)
         norms = delta.norms()
         distances, jump = self._distances(norms)
         norm = math.sqrt(sum(n * n for n in norms.values()))

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from editscale.data.records import EditCase, EditRequest
@@ -20,6 +19,7 @@ from editscale.methods.context import EditContext
 from editscale.methods.hparams import HparamsBase
 from editscale.methods.preset_resolution import resolve_hparams
 from editscale.methods.targets import EditItem, as_items
+from editscale.model.loading import nonfinite_weights
 from editscale.stats.second_moment import Corpus, StatsCache
 
 RequestLike = EditRequest | EditCase | EditItem | Mapping[str, Any]
@@ -130,8 +130,7 @@ class Editor:
         one-line ``EditError``."""
         before = {k: v.clone() for k, v in self.state.state_dict().items()}
         delta = self.compute(requests).apply(self.model)
-        params = dict(self.model.named_parameters())
-        broken = [n for n in delta.updates if not bool(torch.isfinite(params[n]).all())]
+        broken = nonfinite_weights(self.model, delta.updates)
         if broken:
             delta.revert(self.model)
             self.state = EditState.from_state_dict(before)

@@ -17,6 +17,7 @@ from torch import nn
 from editscale.errors import ConfigError
 from editscale.model.hooks import frozen_eval
 from editscale.model.loading import model_device
+from editscale.model.sampling import top_k_sample
 from editscale.model.tokens import encode
 
 if TYPE_CHECKING:
@@ -42,10 +43,8 @@ def _sample(model: nn.Module, start: list[int], n: int, length: int, top_k: int,
     """n top-k samples continuing ``start`` up to ``length`` tokens in all (rows share one length)."""
     ids = torch.tensor([start] * n, dtype=torch.long, device=model_device(model))
     while ids.shape[1] < length:
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float().cpu()
-        vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-        choice = torch.multinomial(torch.softmax(vals, -1), 1, generator=gen)
-        ids = torch.cat([ids, idx.gather(1, choice).to(ids.device)], 1)
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
+        ids = torch.cat([ids, top_k_sample(logits, top_k, gen)[:, None].to(ids.device)], 1)
     return ids
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -81,10 +81,13 @@ def check_device(device: str | torch.device | None) -> None:
             raise ModelLoadError(f"device {str(device)!r} is not available on this machine; use --device cpu") from None
 
 
-def nonfinite_weights(model: nn.Module) -> list[str]:
-    """The names of the parameters holding NaN or infinite values."""
+def nonfinite_weights(model: nn.Module, names: Iterable[str] | None = None) -> list[str]:
+    """The names of the parameters (all, or those in ``names``: what an edit changed) holding NaN or infinite
+    values."""
+    wanted = None if names is None else set(names)
     with torch.no_grad():
-        return [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        return [n for n, p in model.named_parameters() if (wanted is None or n in wanted) and p.is_floating_point()
+                and not bool(torch.isfinite(p).all())]
 
 
 def _check_weight_files(local: Path) -> None:
