@@ -482,6 +482,9 @@ def test_presets_are_data_files_found_by_the_model_config():
     names = {n for a in ANATOMIES.values() for n in (a.mlp_out, a.mlp_in, a.layers, a.final_norm)}
     for name, preset in presets().items():
         for method, values in preset.methods.items():
+            if method == "shared":  # values for every method that has the field: each field some method's
+                assert all(any(k in c.model_fields for c in classes.values()) for k in values), name
+                continue
             classes[method].validated(values)  # a ConfigError naming the field otherwise
         text = resources.files("editscale.methods").joinpath("presets", f"{name}.yaml").read_text()
         assert not any(n in text for n in names), name
@@ -506,3 +509,14 @@ def test_bfloat16_models_are_edited_with_float32_statistics(method, tok, texts):
         assert all(c.dtype == torch.float32 for c in ed.context.second_moments(layers, ed.hparams).values())
     delta.revert(model)
     assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+
+
+def test_a_presets_shared_section_reaches_every_method_that_has_the_field():
+    from editscale.methods.preset_resolution import preset_values
+
+    for method in ("rome", "r-rome", "memit", "emmet", "alphaedit", "encore"):
+        values = preset_values("testbed", method)
+        assert (values["mom2_n_tokens"], values["mom2_sampling"], values["v_steps"]) == (20_000, "in_order", 60)
+    assert preset_values("testbed", "encore")["v_stop_on"] == "argmax"  # its own section overrides shared
+    assert preset_values("testbed", "memit")["v_stop_on"] == "nll"
+    assert "mom2_n_tokens" not in preset_values("testbed", "ft-l")  # FT has no statistics: shared skips it

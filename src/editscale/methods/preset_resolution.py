@@ -101,15 +101,20 @@ def model_kind(model: nn.Module, manifest: dict[str, Any] | None = None) -> str:
     return best if best is not None and scores[best] > 0 else "generic"
 
 
+SHARED = "shared"  # a preset's section of values for every method that has the field (statistics, stops)
+
+
 def preset_values(kind: str, method: str) -> dict[str, Any]:
-    """The preset's values for ``method`` on a model of ``kind`` (empty when there are none): its sections
-    (``EditMethod.preset_sections``) in order, so a method that reads another's first (r-ROME ROME's) takes
-    that section, then its own where the file has one."""
+    """The preset's values for ``method`` on a model of ``kind`` (empty when there are none): the ``shared``
+    section's fields the method has, then its sections (``EditMethod.preset_sections``) in order, so a method
+    that reads another's first (r-ROME ROME's) takes that section, then its own where the file has one."""
     preset = presets().get(kind)
     if not preset:
         return {}
-    values: dict[str, Any] = {}
-    for section in get_method_class(method).preset_sections():
+    cls = get_method_class(method)
+    fields = cls.Hparams.model_fields
+    values = {k: v for k, v in preset.methods.get(SHARED, {}).items() if k in fields}
+    for section in cls.preset_sections():
         values.update(preset.methods.get(section, {}))
     return values
 
