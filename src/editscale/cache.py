@@ -49,15 +49,28 @@ def cache_root() -> Path:
 
 
 @contextmanager
-def file_lock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created if needed) for the duration of the block."""
+def file_lock(lock_path: Path, *, remove: Callable[[], bool] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if needed) for the duration of the block. With ``remove``,
+    the lock file is deleted at the end, while still held, when ``remove()`` says so (a failed build leaves no
+    empty lock file behind); a process that waited on the deleted file takes the file now there instead."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as f:
+    while True:
+        f = open(lock_path, "a")  # noqa: SIM115 - closed below, or kept open for the block
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            same = os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()
+    try:
+        yield
+    finally:
+        if remove is not None and remove():
+            lock_path.unlink(missing_ok=True)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def build_dir(path: Path, build: Callable[[Path], object], ready: Callable[[Path], bool], *,
@@ -81,7 +94,7 @@ def build_dir_status(path: Path, build: Callable[[Path], object], ready: Callabl
         return path, "cached"
     check_writable(path.parent, "the cache folder", need_bytes=need_bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(path.name + ".lock")):
+    with file_lock(path.with_name(path.name + ".lock"), remove=lambda: not path.exists()):
         if ready(path) and not force:  # built by another process while we waited
             return path, "waited"
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
