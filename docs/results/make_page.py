@@ -1,0 +1,73 @@
+"""Write one results page from run directories: its table is what `editscale report RUN... --markdown` prints,
+its figures the report's own, beside the commands and config that made the runs and the machine and threads
+they ran on. Pages are never edited by hand: run this again.
+
+    python docs/results/make_page.py PAGE --title T --about TEXT --command CMD [--command CMD ...] \
+        --machine TEXT RUN_DIR [RUN_DIR ...]
+
+PAGE is the page's name (docs/results/PAGE.md; its figures go to docs/results/PAGE/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FIGURES = ("forgetting.png", "proficiency.png", "downstream.png", "distance.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("page")
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--title", required=True)
+    ap.add_argument("--about", required=True, help="what the study is and what to read in it (markdown)")
+    ap.add_argument("--command", action="append", required=True, help="a command that made the runs")
+    ap.add_argument("--machine", required=True, help="the machine, the threads, and what else ran")
+    ap.add_argument("--notes", default="", help="what the table shows (markdown), written after it")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(["editscale", "report", *map(str, args.runs), "--out", f"{tmp}/report", "--markdown"],
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            sys.exit(out.stderr.strip())
+        table = "\n".join(line for line in out.stdout.splitlines() if line.startswith("|"))
+        figures = HERE / args.page
+        if figures.exists():
+            shutil.rmtree(figures)
+        figures.mkdir()
+        shown = []
+        for name in FIGURES:
+            if (Path(tmp) / "report" / name).is_file():
+                shutil.copy(Path(tmp) / "report" / name, figures / name)
+                shown.append(name)
+    commands = "\n".join(args.command)
+    page = f"""# {args.title}
+
+{args.about}
+
+```bash
+{commands}
+editscale report {' '.join(str(r) for r in args.runs)} --markdown
+```
+
+Machine: {args.machine}. Page written {date.today().isoformat()} by `python docs/results/make_page.py`.
+
+{table}
+
+{args.notes}
+
+""" + "\n".join(f"![{n[:-4]}]({args.page}/{n})" for n in shown) + "\n"
+    (HERE / f"{args.page}.md").write_text(page)
+    print(HERE / f"{args.page}.md")
+
+
+if __name__ == "__main__":
+    main()
