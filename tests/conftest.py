@@ -58,6 +58,7 @@ SLOW = {
     "test_local_sweep_retries_a_crashed_cell_from_its_checkpoint_and_reruns_skip", "test_demo_plumbing",
     "test_evaluate_edits_is_the_single_edit_protocol", "test_runner_records_the_panel_and_the_report_draws_it",
     "test_the_report_fits_a_browser_page", "test_eval_errors_are_one_line",
+    "test_demo_command_says_its_threads_first_and_prints_the_summary",
 }
 
 

@@ -365,3 +365,19 @@ def test_demo_plumbing(fixture_files, tmp_path, monkeypatch):
     assert again == (page, dirs, 1)  # the run was complete: said, and the report written again
     with pytest.raises(RunStateError, match="another config"):
         runner.run_demo(tmp_path / "demo", edits=7, methods=("test-noise",), progress=False)
+
+
+def test_demo_command_says_its_threads_first_and_prints_the_summary(fixture_files, tmp_path, monkeypatch, cli):
+    from editscale import demo as runner
+    from editscale import names as loading
+
+    model_dir, data = fixture_files
+    monkeypatch.setattr(loading, "resolve_model_path", lambda name: str(model_dir))
+    monkeypatch.setattr(runner, "demo_config", lambda method, edits: runner.parse_config(
+        config(model_dir, data, method, edits=edits, forget_every=5)))
+    code, out, err = cli("--threads", "1", "demo", "--edits", "10", "--out", str(tmp_path / "demo"))
+    assert code == 0, err
+    assert err.startswith("editscale demo: 5 methods x 10 sequential edits") and "on 1 CPU threads" in err.splitlines()[0]
+    assert "forgotten %" in out and "encore" in out and out.strip().endswith("report.html"), out
+    code, out, err = cli("--threads", "1", "demo", "--edits", "10", "--out", str(tmp_path / "demo"))
+    assert code == 0 and "complete already" in err

@@ -213,7 +213,7 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
     table = Table(title="summary (per-edit scores over the last 50 edits, %; forgotten: of the edits correct when "
                         "made)")
     for c in cols:
-        table.add_column(c, justify="left" if c == "run" else "right")
+        table.add_column(c, justify="left" if c == "run" else "right", no_wrap=c == "run")
     for r in rows:
         table.add_row(*[str(r.get(c, "")) for c in cols])
     Console(width=max(120, Console().width)).print(table)
