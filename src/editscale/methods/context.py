@@ -2,9 +2,9 @@
 
 Everything a method needs besides its hyperparameters and requests: the model, its tokenizer and anatomy, a
 seed, the second-moment statistics (from an explicit on-disk ``StatsCache`` plus an in-memory copy), the
-sampled context prefixes, and a memo for whatever else a method derives once from the unedited model (a norm
-anchor). No module-level caches: two contexts never share state unless given the same ``StatsCache``
-directory.
+sampled context prefixes, a memo for whatever else a method derives once from the unedited model (a norm
+anchor), and an optional cache of target vectors (``target_cache``, off by default). No module-level caches:
+two contexts never share state unless given the same ``StatsCache`` directory.
 
 The context records the model's fingerprint when it is created. Statistics and prefixes are meant to be
 those of the UNEDITED model (as in the papers, where they are computed once and cached), so create the context
@@ -29,6 +29,7 @@ from editscale.stats.second_moment import Corpus, KeySample, StatsCache, resolve
 
 if TYPE_CHECKING:
     from editscale.methods.hparams import StatsHparams
+    from editscale.methods.target_cache import TargetCache
 
 _DEFAULT = "default"
 T = TypeVar("T")
@@ -90,6 +91,9 @@ class EditContext:
         self._factors: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # LU of each C
         self._projectors: dict[tuple, torch.Tensor] = {}  # AlphaEdit's null-space projector of each C
         self._memo: dict[Hashable, Any] = {}  # what methods derive once (memo), e.g. norm anchors
+        # optimised target vectors kept across calls, keyed by the weights they were optimised on: off (None)
+        # unless set, e.g. by the scaling curve, which edits prefixes of one sample into the unedited model
+        self.target_cache: TargetCache | None = None
 
     @property
     def device(self) -> torch.device:

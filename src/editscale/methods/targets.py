@@ -13,6 +13,8 @@ read over are ``prefixes.py``'s).
   Each prompt's tokens before the vector's position are run once into a key/value cache (``SplitLayout``);
   every step runs only the rest, and only from the layer holding the vector on: the layers below it are run
   once and their output is replayed (``skip_modules``). The LM head is applied only where a loss reads it.
+  With ``EditContext.target_cache`` set (``target_cache.py``), a request already optimised on the same
+  weights is served from it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
@@ -152,6 +154,15 @@ class TargetResult:
     def info(self) -> dict[str, list[float]]:
         return {"target_loss": self.loss.tolist(), "target_nll": self.nll.tolist(),
                 "target_steps": self.steps.tolist(), "delta_norm": self.delta.norm(dim=1).tolist()}
+
+    def row(self, i: int) -> tuple[torch.Tensor, ...]:
+        """Request ``i``'s part of every field, in field order."""
+        return tuple(getattr(self, f.name)[i] for f in fields(self))
+
+    @classmethod
+    def stack(cls, rows: Sequence[tuple[torch.Tensor, ...]]) -> TargetResult:
+        """The result holding ``rows`` (each as ``row`` gives it), in order."""
+        return cls(*(torch.stack(parts) for parts in zip(*rows)))
 
 
 @dataclass
@@ -359,9 +370,29 @@ def optimize_targets(
 
     ``module`` is the MLP output matrix of the edited layer (ROME's v*) or a decoder layer (MEMIT's z, the
     residual stream). Requests are optimised ``hp.target_batch`` at a time, each exactly as on its own;
-    ``advance(n)``, when given, is called after each chunk of n requests (a progress bar's).
+    ``advance(n)``, when given, is called after each chunk of n requests (a progress bar's). With a
+    ``ctx.target_cache`` (``target_cache.TargetCache``, off by default), requests it holds for these weights are
+    served from it and only the others optimised.
     """
     items = as_items(requests)
+    cache = ctx.target_cache
+    if cache is None:
+        return _optimize_items(ctx, items, module, hp, prefixes, advance)
+    keys = cache.keys(ctx.model, items, module, hp, prefixes)
+    rows = {i: cache.get(k) for i, k in enumerate(keys) if k in cache}
+    if advance is not None and rows:
+        advance(len(rows))
+    todo = [i for i in range(len(items)) if i not in rows]
+    if todo:
+        res = _optimize_items(ctx, [items[i] for i in todo], module, hp, prefixes, advance)
+        for j, i in enumerate(todo):
+            rows[i] = res.row(j)
+            cache.put(keys[i], rows[i])
+    return TargetResult.stack([rows[i] for i in range(len(items))])
+
+
+def _optimize_items(ctx: EditContext, items: Sequence[EditItem], module: str, hp: TargetHparams,
+                    prefixes: Sequence[Sequence[str]], advance: Callable[[int], object] | None) -> TargetResult:
     parts = []
     for i in range(0, len(items), hp.target_batch):
         parts.append(_optimize_chunk(ctx, items[i: i + hp.target_batch], module, hp, prefixes))
