@@ -57,6 +57,7 @@ from editscale.cli import (
     methods,  # noqa: F401
     models,  # noqa: F401
     run,  # noqa: F401
+    scaling,  # noqa: F401
     sweep,  # noqa: F401
     testbed,  # noqa: F401
     trace,  # noqa: F401
