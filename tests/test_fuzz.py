@@ -45,8 +45,17 @@ def _record():
         st.dictionaries(st.sampled_from(RECORD_KEYS), json_values, max_size=2))
 
 
-records_files = st.tuples(st.sampled_from([".json", ".jsonl"]), st.lists(st.one_of(_record(), json_values),
-                                                                        min_size=0, max_size=3))
+HOSTILE = ["x" * 3000, "word " * 600, "\u202e" * 50, "{}" * 40, "\n" * 200, "é" * 700]
+
+
+def _hostile_record():
+    """A valid record with one field made hostile: very long (past the model's context), control characters."""
+    return st.builds(lambda key, value: {**GOOD, key: value if key != "prompt" else "{} " + value},
+                     st.sampled_from(list(GOOD)), st.sampled_from(HOSTILE))
+
+
+records_files = st.tuples(st.sampled_from([".json", ".jsonl"]), st.lists(
+    st.one_of(_record(), _hostile_record(), json_values), min_size=0, max_size=3))
 
 CONFIG_FIELDS = {
     "edits": st.one_of(st.integers(-1, 2), st.sampled_from(["2", True, None, 1.5])),
@@ -183,6 +192,7 @@ COMMANDS = {
     "report": ["{ws}/dir"],
     "models": [],
     "methods": [],
+    "scaling": ["-m", "{tiny}", "-d", "{ws}/good.jsonl", "--sizes", "1,2", "--methods", "ft-l", "--out", "{ws}/dir/s"],
 }
 SKIP_OPTIONS = {"--help", "--save", "--stats-dir"}
 
