@@ -44,7 +44,9 @@ def _print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 
 @app.command("run")
 def run_command(
-    config: Annotated[Path | None, typer.Argument(help="YAML run config (see the README).")] = None,
+    config: Annotated[Path | None, typer.Argument(
+        help="YAML run config: model, method, data, edits, forget_every, downstream_every, guard, ... "
+             "(docs/guide.md, 'A sequential experiment').")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory to create.")] = None,
     resume_dir: Annotated[Path | None, typer.Option("--resume", help="Continue the killed run in this "
                                                                      "directory.")] = None,
