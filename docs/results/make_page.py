@@ -4,8 +4,11 @@ they ran on. Pages are never edited by hand: run this again.
 
     python docs/results/make_page.py PAGE --title T --about TEXT --command CMD [--command CMD ...] \
         --machine TEXT RUN_DIR [RUN_DIR ...]
+    python docs/results/make_page.py PAGE ... --eval RESULT.json [--eval RESULT.json ...]
 
-PAGE is the page's name (docs/results/PAGE.md; its figures go to docs/results/PAGE/).
+PAGE is the page's name (docs/results/PAGE.md; its figures go to docs/results/PAGE/). With ``--eval``, the
+table is the single-edit protocol's: one row per `editscale eval --method M --json` result file, and the
+unedited model's row from the first.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ FIGURES = ("forgetting.png", "proficiency.png", "downstream.png", "distance.png"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("page")
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="*", type=Path)
+    ap.add_argument("--eval", action="append", type=Path, default=[], help="an `editscale eval --json` result")
     ap.add_argument("--title", required=True)
     ap.add_argument("--about", required=True, help="what the study is and what to read in it (markdown)")
     ap.add_argument("--command", action="append", required=True, help="a command that made the runs")
@@ -33,6 +37,9 @@ def main() -> None:
     ap.add_argument("--notes", default="", help="what the table shows (markdown), written after it")
     args = ap.parse_args()
 
+    if args.eval:
+        write(args, eval_table(args.eval), [], [])
+        return
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(["editscale", "report", *map(str, args.runs), "--out", f"{tmp}/report", "--markdown"],
                              capture_output=True, text=True, check=False)
@@ -48,14 +55,38 @@ def main() -> None:
             if (Path(tmp) / "report" / name).is_file():
                 shutil.copy(Path(tmp) / "report" / name, figures / name)
                 shown.append(name)
-    commands = "\n".join(args.command)
+    write(args, table, shown, [f"editscale report {' '.join(str(r) for r in args.runs)} --markdown"])
+
+
+EVAL_COLUMNS = ("efficacy", "paraphrase", "neighborhood", "efficacy_correct")
+
+
+def eval_table(paths: list[Path]) -> str:
+    """The single-edit protocol's table: per result, its post-edit scores (%); the unedited model's first."""
+    import json
+
+    results = [json.loads(p.read_text()) for p in paths]
+    lines = ["| method | records per edit | n | " + " | ".join(EVAL_COLUMNS) + " |", "|" + "---|" * (3 + len(EVAL_COLUMNS))]
+    pre = results[0]["pre"]
+    lines.append(f"| unedited | - | {pre['n']} | " + " | ".join(_pct(pre.get(c)) for c in EVAL_COLUMNS) + " |")
+    for r in results:
+        lines.append(f"| {r['method']} | {r['batch']} | {r['post']['n']} | "
+                     + " | ".join(_pct(r["post"].get(c)) for c in EVAL_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def write(args, table: str, shown: list[str], extra_commands: list[str]) -> None:
+    commands = "\n".join([*args.command, *extra_commands])
     page = f"""# {args.title}
 
 {args.about}
 
 ```bash
 {commands}
-editscale report {' '.join(str(r) for r in args.runs)} --markdown
 ```
 
 Machine: {args.machine}. Page written {date.today().isoformat()} by `python docs/results/make_page.py`.
