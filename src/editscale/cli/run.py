@@ -215,7 +215,8 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
     table = Table(title="summary (per-edit scores over the last 50 edits, %; forgotten: of the edits correct when "
                         "made)")
     for c in cols:
-        table.add_column(c, justify="left" if c == "run" else "right", no_wrap=c == "run")
-    for r in rows:
-        table.add_row(*[str(r.get(c, "")) for c in cols])
+        table.add_column(c, justify="left" if c == "run" else "right", no_wrap=c == "run",
+                         min_width=min(len(c), 12))
+    for r in rows:  # the skill change's mean here; its worst task is in the report
+        table.add_row(*[str(r.get(c, "")).split(" (worst")[0] for c in cols])
     Console(width=max(120, Console().width)).print(table)
