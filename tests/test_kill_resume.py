@@ -1,8 +1,6 @@
-"""SIGKILL at random moments of a run, its setup and its report included: each killed run, started again with
-the same commands, must end with per-edit results identical to an uninterrupted run's.
-
-    python bench/kill_resume.py [--kills 10] [--edits 20] [--method rome] [--model testbed:tiny] [--seed N]
-                                [--dir DIR]
+"""SIGKILL at a seeded moment of a run, its setup and its report included: each killed run, started again with
+the same commands, must end with per-edit results identical to an uninterrupted run's (one kill per phase here;
+the check the benchmark folder once held).
 
 The pipeline is the one a user runs: ``editscale run CONFIG --out RUN`` then ``editscale report RUN``. An
 uninterrupted run gives the reference and the length of each phase: setup (until the first update is stored),
@@ -10,21 +8,20 @@ editing (until the run ends) and report. Each kill falls at a random moment of o
 so setup and report are hit too); the whole process group is killed with SIGKILL. Then the same two commands
 run again, unchanged: ``run --out`` onto the killed run continues it (same config), onto nothing starts it.
 Compared: every per-edit, per-update, per-matrix, re-check, downstream and event row (timings left out), and
-that the report was written. The last line is the figure: how many of the kills resumed identically.
-"""
+that the report was written. """
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 COMPARED = {
     "edits": "SELECT * FROM edits ORDER BY edit_idx",
@@ -91,7 +88,7 @@ def pipeline(config: Path, run_dir: Path, kill: tuple[str, float] | None = None)
             return {"killed": True, "at": now}
         time.sleep(0.02)
     if proc.returncode != 0:
-        raise SystemExit(f"editscale run failed: {proc.stderr.read()}")
+        raise AssertionError(f"editscale run failed: {proc.stderr.read()}")
     t_run = time.monotonic() - t0
     times.setdefault("setup", t_run)
     times["editing"] = t_run - times["setup"]
@@ -105,7 +102,7 @@ def pipeline(config: Path, run_dir: Path, kill: tuple[str, float] | None = None)
             return {"killed": True, "at": t_run + time.monotonic() - t1}
         time.sleep(0.02)
     if proc.returncode != 0:
-        raise SystemExit(f"editscale report failed: {proc.stderr.read()}")
+        raise AssertionError(f"editscale report failed: {proc.stderr.read()}")
     times["report"] = time.monotonic() - t1
     return {"killed": killed, "times": times}
 
@@ -113,44 +110,25 @@ def pipeline(config: Path, run_dir: Path, kill: tuple[str, float] | None = None)
 REF: dict[str, float] = {}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kills", type=int, default=10)
-    ap.add_argument("--edits", type=int, default=20)
-    ap.add_argument("--method", default="rome")
-    ap.add_argument("--model", default="testbed:tiny")
-    ap.add_argument("--seed", type=int, default=None, help="seed of the kill moments (default: random)")
-    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
-    args = ap.parse_args()
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    work = args.dir or Path(tempfile.mkdtemp(prefix="kill-resume-"))
-    work.mkdir(parents=True, exist_ok=True)
+@pytest.fixture(scope="module")
+def reference(tiny_testbed, tmp_path_factory):
+    """An uninterrupted run and report of a small config; its phase lengths say where the kills fall."""
+    work = tmp_path_factory.mktemp("kill-resume")
     config = work / "run.yaml"
-    data = args.model if args.model.startswith("testbed:") else "testbed:tiny"
-    config.write_text(f"model: {args.model}\nmethod: {args.method}\ndata: {data}\nedits: {args.edits}\n"
-                      "forget_every: 5\ndownstream_every: 10\ndownstream_n: 20\nthreads: 1\nseed: 0\n")
-    print(f"work folder {work}; kill seed {seed}; load average {os.getloadavg()}", flush=True)
-    t0 = time.monotonic()
+    config.write_text(f"model: {tiny_testbed}\nmethod: rome\ndata: testbed:tiny\nedits: 8\nforget_every: 2\n"
+                      "downstream_every: 4\ndownstream_n: 20\nthreads: 1\nseed: 0\n")
     ref = pipeline(config, work / "reference")
     REF.update(ref["times"])
-    expected = results(work / "reference")
-    print(f"reference: {time.monotonic() - t0:.0f} s (setup {REF['setup']:.1f} s, editing {REF['editing']:.1f} s, "
-          f"report {REF['report']:.1f} s), {len(expected['edits'])} edits", flush=True)
-    same = 0
-    for k in range(args.kills):
-        phase, fraction = PHASES[k % len(PHASES)], rng.random()
-        run_dir = work / f"kill{k:02d}"
-        got = pipeline(config, run_dir, kill=(phase, fraction))
-        state = "run directory" if (run_dir / "results.sqlite").is_file() else "no run directory"
-        pipeline(config, run_dir)  # the same commands again
-        ok = results(run_dir) == expected and (run_dir / "report" / "report.html").is_file()
-        same += ok
-        print(f"kill {k + 1}: {phase} at {got.get('at', float('nan')):.2f} s ({fraction:.0%} of the phase), left "
-              f"{state}; resumed {'identical' if ok else 'DIFFERENT'}", flush=True)
-    print(f"{same}/{args.kills} killed runs resumed to per-edit results identical to the uninterrupted run "
-          f"({args.method} on {args.model}, {args.edits} edits, 1 thread; load average {os.getloadavg()[0]:.2f})")
+    return config, results(work / "reference")
 
 
-if __name__ == "__main__":
-    main()
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_run_killed_in_any_phase_resumes_identically(phase, reference, tmp_path):
+    config, expected = reference
+    fraction = random.Random(f"kill-{phase}").random()
+    run_dir = tmp_path / "run"
+    got = pipeline(config, run_dir, kill=(phase, fraction))
+    assert got["killed"] or phase == "report", got
+    pipeline(config, run_dir)  # the same commands again
+    assert results(run_dir) == expected, f"killed in {phase} at {fraction:.0%} of it"
+    assert (run_dir / "report" / "report.html").is_file()
