@@ -53,7 +53,8 @@ def texts(n: int = 4000) -> list[str]:
 
 
 def main() -> None:
-    from editscale.stats.second_moment import Corpus, KeySample, compute_second_moments
+    from editscale.data.text_corpus import Corpus
+    from editscale.stats.second_moment import KeySample, compute_second_moments
 
     ap = argparse.ArgumentParser()
     add_model_options(ap)

@@ -10,11 +10,11 @@ from tiny import bpe_tokenizer, random_model
 
 from editscale.api import Editor
 from editscale.data.records import EditRequest
+from editscale.data.text_corpus import Corpus
 from editscale.errors import ConfigError
 from editscale.methods.hparams import MemitHparams, RomeHparams
 from editscale.methods.preset_resolution import default_layers, resolve_hparams
 from editscale.model.anatomy import get_anatomy
-from editscale.stats.second_moment import Corpus
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,13 @@ import torch
 from edit_helpers import corpus, saved_model
 from tiny import FAMILIES, bpe_tokenizer, random_model
 
+from editscale.data.text_corpus import Corpus, resolve_corpus
 from editscale.errors import ConfigError, DataLoadError
 from editscale.model.anatomy import get_anatomy
 from editscale.model.hooks import capture
 from editscale.model.tokens import encode_batch
 from editscale.stats import second_moment as sm
-from editscale.stats.second_moment import (
-    Corpus,
-    KeySample,
-    StatsCache,
-    compute_second_moments,
-    resolve_corpus,
-    second_moments,
-)
+from editscale.stats.second_moment import KeySample, StatsCache, compute_second_moments, second_moments
 
 
 def in_order(n: int) -> KeySample:

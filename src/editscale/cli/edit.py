@@ -161,8 +161,8 @@ def save_edited(directory: Path, model, tok, deltas, meta: dict[str, Any]) -> No
 
     from safetensors.torch import save_file
 
+    from editscale.data.text_corpus import CORPUS_FILE
     from editscale.model.loading import MANIFEST_FILE, model_dir
-    from editscale.stats.second_moment import CORPUS_FILE
 
     source = model_dir(model)
     directory.parent.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
+from editscale.data.text_corpus import Corpus, resolve_corpus
 from editscale.methods.prefixes import PrefixSpec, sample_prefixes
 from editscale.model.anatomy import Anatomy, get_anatomy
 from editscale.model.loading import fingerprint as model_fingerprint
 from editscale.model.loading import model_device, model_dir, read_testbed_manifest
 from editscale.model.tokens import ensure_pad_token
-from editscale.stats.second_moment import Corpus, KeySample, StatsCache, resolve_corpus, second_moments
+from editscale.stats.second_moment import KeySample, StatsCache, second_moments
 
 if TYPE_CHECKING:
     from editscale.methods.hparams import StatsHparams

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from editscale.data.records import EditCase, EditRequest
+from editscale.data.text_corpus import Corpus
 from editscale.errors import EditError, RecordError
 from editscale.methods.base import Delta, EditState, default_method, get_method_class
 from editscale.methods.context import EditContext
@@ -20,7 +21,7 @@ from editscale.methods.hparams import HparamsBase
 from editscale.methods.preset_resolution import resolve_hparams
 from editscale.methods.targets import EditItem, as_items
 from editscale.model.loading import nonfinite_weights
-from editscale.stats.second_moment import Corpus, StatsCache
+from editscale.stats.second_moment import StatsCache
 
 RequestLike = EditRequest | EditCase | EditItem | Mapping[str, Any]
 HparamsLike = HparamsBase | Mapping[str, Any] | str | Path | None

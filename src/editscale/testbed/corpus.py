@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from editscale.data.text_corpus import CORPUS_FILE
 from editscale.errors import ConfigError
 from editscale.model.loading import read_testbed_manifest
-from editscale.stats.second_moment import CORPUS_FILE
 
 
 def preserved_corpus(model_dir: str | Path, n_skill_texts: int = 600) -> tuple[list[str], int]:

@@ -19,11 +19,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from editscale.data.text_corpus import Corpus
 from editscale.data.world import World
 from editscale.model.anatomy import get_anatomy
 from editscale.model.hooks import capture, run_until
 from editscale.model.tokens import encode, last_subject_index, pad_batch
-from editscale.stats.second_moment import Corpus, KeySample, compute_second_moments
+from editscale.stats.second_moment import KeySample, compute_second_moments
 from editscale.testbed.specs import TestbedSpec
 
 

@@ -31,11 +31,11 @@ from torch import nn
 
 from editscale.data.corpus import FillerGenerator, filler_words
 from editscale.data.downstream import skill_tasks
+from editscale.data.text_corpus import CORPUS_FILE
 from editscale.data.world import World, build_world, render_fact, syllable_text
 from editscale.eval.scoring import score_continuations
 from editscale.model.loading import MANIFEST_FILE, torch_threads
 from editscale.progress import progress_bar
-from editscale.stats.second_moment import CORPUS_FILE
 from editscale.testbed import skills
 from editscale.testbed.specs import DATA_VERSION, TestbedSpec
 from editscale.testbed.tokenizer import EOS, train_tokenizer
