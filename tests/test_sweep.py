@@ -20,16 +20,11 @@ from edit_helpers import small
 from test_experiment_runner import COMPARED
 
 from editscale.errors import ConfigError, RunInUseError, RunStateError
+from editscale.experiment.grid import parse_grid
 from editscale.experiment.rundir import check_free
 from editscale.experiment.store import RunStore
-from editscale.experiment.sweep import (
-    SWEEP_FILE,
-    parse_grid,
-    read_manifest,
-    run_sweep,
-    status_line,
-    sweep_status,
-)
+from editscale.experiment.sweep import run_sweep
+from editscale.experiment.sweep_status import SWEEP_FILE, read_manifest, status_line, sweep_status
 
 CELLS = ["rome_seed-0", "rome_seed-1", "ft-l_seed-0", "ft-l_seed-1"]
 
@@ -168,7 +163,7 @@ def test_local_sweep_retries_a_crashed_cell_from_its_checkpoint_and_reruns_skip(
 
 
 def test_status_line():
-    from editscale.experiment.sweep import CellStatus
+    from editscale.experiment.sweep_status import CellStatus
 
     line = status_line([CellStatus("a", "done", 6, 6), CellStatus("b", "running", 3, 6),
                         CellStatus("c", "failed", 2, 6, "RuntimeError: x"), CellStatus("d", "pending", 0, 6)])

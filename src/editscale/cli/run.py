@@ -107,7 +107,7 @@ def report_command(
     to every cell's report. The report is written whole or not at all."""
     from editscale.cache import check_out_dir, staged_output
     from editscale.experiment.store import RunStore
-    from editscale.experiment.sweep import is_sweep_dir
+    from editscale.experiment.sweep_status import is_sweep_dir
     from editscale.report.html import default_report_dir, expand_run_dirs, summary_markdown, summary_rows
 
     sweep = len(run_dirs) == 1 and is_sweep_dir(run_dirs[0])

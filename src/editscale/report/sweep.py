@@ -28,7 +28,7 @@ from editscale.eval.metrics import METRICS, Metric, metrics_at
 from editscale.eval.panel import primary_metric
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.experiment.summary import summarize
-from editscale.experiment.sweep import read_manifest
+from editscale.experiment.sweep_status import read_manifest
 from editscale.report.html import _table, write_report
 from editscale.report.plots import RunData, load_run, plotted, trailing_mean
 
