@@ -192,7 +192,7 @@ def demo_command(
     check_out_dir(out, "--out", "demo")  # before the testbed build
     check_out_dir(out / "report", "--out", "report", names=("report.html",))
     print(f"editscale demo: {len(DEMO_METHODS)} methods x {edits} sequential edits of testbed:demo into {out}, on "
-          f"{torch.get_num_threads()} CPU threads (building testbed:demo first if it is not built: 10-25 minutes)",
+          f"{torch.get_num_threads()} CPU threads (building testbed:demo first if it is not built: 10-30 minutes)",
           file=sys.stderr)
     page, dirs, done_before = run_demo(out, edits=edits)
     if done_before == len(dirs):
