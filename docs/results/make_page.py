@@ -46,10 +46,10 @@ def main() -> None:
         if out.returncode != 0:
             sys.exit(out.stderr.strip())
         table = "\n".join(line for line in out.stdout.splitlines() if line.startswith("|"))
-        figures = HERE / args.page
-        if figures.exists():
-            shutil.rmtree(figures)
-        figures.mkdir()
+        figures = HERE / args.page  # also holds what the page was made from (stores, result files): kept
+        figures.mkdir(exist_ok=True)
+        for old in figures.glob("*.png"):
+            old.unlink()
         shown = []
         for name in FIGURES:
             if (Path(tmp) / "report" / name).is_file():
