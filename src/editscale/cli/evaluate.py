@@ -82,6 +82,9 @@ def eval_command(
             print_scores(f"{model} on {data}: {method}, {batch} record(s) per edit, each from the unedited model",
                          {"unedited": result["pre"], method: result["post"]})
         return
+    from editscale.eval.lengths import check_cases_fit
+
+    check_cases_fit(lm, tok, cases)  # where records meet the model, once (not in every evaluation a run makes)
     summary = evaluate_cases(lm, tok, cases, batch_size=batch_size, metrics=chosen).summary()
     if json_out:
         print_json(summary)

@@ -19,7 +19,6 @@ from typing import Any
 from torch import nn
 
 from editscale.data.records import EditCase
-from editscale.eval.lengths import check_cases_fit
 from editscale.eval.metrics import CaseView, Group, edit_metric_names, get_metric, nanmean, reference_texts
 from editscale.eval.scoring import (
     generate,
@@ -126,7 +125,6 @@ def evaluate_cases(
     ``reference`` is the reference-score vectorizer (default: fitted on these cases); ``seed`` fixes the
     sampled generations.
     """
-    check_cases_fit(model, tokenizer, cases)
     chosen = [get_metric(n) for n in (metrics if metrics is not None else edit_metric_names())]
     if bad := [m.name for m in chosen if m.level != "edit"]:
         raise ValueError(f"not per-edit metrics: {bad}")
