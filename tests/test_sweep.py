@@ -21,7 +21,7 @@ from test_experiment_runner import COMPARED
 
 from editscale.errors import ConfigError, RunInUseError, RunStateError
 from editscale.experiment.grid import parse_grid
-from editscale.experiment.rundir import check_free
+from editscale.experiment.rundir import check_free, config_hash
 from editscale.experiment.store import RunStore
 from editscale.experiment.sweep import run_sweep
 from editscale.experiment.sweep_status import SWEEP_FILE, read_manifest, status_line, sweep_status
@@ -155,6 +155,14 @@ def test_local_sweep_retries_a_crashed_cell_from_its_checkpoint_and_reruns_skip(
     assert [c["name"] for c in manifest["cells"]] == CELLS and manifest["failures"] == {}
     code, _stdout, err = cli("sweep", grid_file, "--out", out, "--local")  # complete: nothing runs
     assert code == 0 and "4 of 4 cells are complete" in err
+    # a manifest written before a config field existed (its default then applies) names the same cells
+    manifest = json.loads((out / "sweep.json").read_text())
+    for c in manifest["cells"]:
+        del c["config"]["guard"]["entropy_every"]
+        c["config_sha256"] = config_hash(c["config"])
+    (out / "sweep.json").write_text(json.dumps(manifest))
+    code, _stdout, err = cli("sweep", grid_file, "--out", out, "--local")
+    assert code == 0 and "4 of 4 cells are complete" in err, err
     # another grid whose cell has another config under the same name is refused before anything runs
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(grid_dict(edits=7)))

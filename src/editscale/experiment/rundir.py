@@ -127,11 +127,22 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def stored_config_hash(config: dict[str, Any], recorded_sha256: str, source: str) -> str:
+    """The hash of a stored run config as this version reads it: a field added since takes its default, so a
+    run or sweep of an earlier version stays the same config; a config this version cannot read keeps the hash
+    recorded with it (and so is another config)."""
+    from editscale.experiment.config import parse_config
+
+    try:
+        return config_hash(parse_config(config, source=source).to_dict())
+    except EditscaleError:
+        return recorded_sha256
+
+
 def run_state(run_dir: str | Path, config: dict[str, Any]) -> Literal["new", "resume", "complete"]:
     """What ``run --out RUN_DIR`` with ``config`` (``RunConfig.to_dict()``) finds there: nothing (``new``), a
     run of the same config to continue (``resume``) or finished (``complete``). A run of another config, or a
     folder that is not a run directory, is a one-line ``RunStateError``."""
-    from editscale.experiment.config import parse_config
     from editscale.experiment.store import RunStore
 
     run_dir = Path(run_dir)
@@ -147,10 +158,7 @@ def run_state(run_dir: str | Path, config: dict[str, Any]) -> Literal["new", "re
         meta = store.meta()
     if "config" not in meta:
         raise RunStateError(f"{run_dir} holds no run config; the run directory is damaged: choose another --out")
-    try:  # the stored config as this version reads it (a field added since takes its default)
-        stored = config_hash(parse_config(meta["config"], source=f"stored config of {run_dir}").to_dict())
-    except EditscaleError:  # a config this version cannot read is another config
-        stored = meta.get("config_sha256", "")
+    stored = stored_config_hash(meta["config"], meta.get("config_sha256", ""), f"stored config of {run_dir}")
     if stored != config_hash(config):
         raise RunStateError(f"{run_dir} holds a run of another config (config sha256 {stored[:12]}, this one "
                             f"{config_hash(config)[:12]}); choose another --out, or continue that run with "

@@ -12,7 +12,7 @@ from typing import Any
 
 from editscale.errors import RunInUseError, RunStateError
 from editscale.experiment.grid import Grid
-from editscale.experiment.rundir import DB_FILE, check_free, config_hash, run_state
+from editscale.experiment.rundir import DB_FILE, check_free, config_hash, run_state, stored_config_hash
 
 SWEEP_FILE = "sweep.json"
 SWEEP_VERSION = 1
@@ -51,7 +51,9 @@ def check_cells(grid: Grid, out_dir: str | Path) -> dict[str, str]:
         raise RunStateError(f"--out {out} is a file, not a sweep directory")
     if out.is_dir() and not is_sweep_dir(out) and (out / DB_FILE).is_file():
         raise RunStateError(f"{out} is a run directory, not a sweep directory; choose another --out")
-    old = {c["name"]: c.get("config_sha256") for c in read_manifest(out)["cells"]} if is_sweep_dir(out) else {}
+    old = {c["name"]: stored_config_hash(c.get("config") or {}, c.get("config_sha256", ""),
+                                         f"cell {c['name']} of {out / SWEEP_FILE}")
+           for c in read_manifest(out)["cells"]} if is_sweep_dir(out) else {}
     states = {}
     for cell in grid.cells:
         sha = config_hash(cell.config.to_dict())
