@@ -153,6 +153,23 @@ def test_guard_flags_and_reverts_disabling_edits(fixture_files, tmp_path):
     assert table2["normal"]["n"] == 3 and table2["ratio"] > 50
 
 
+def test_entropy_every_measures_on_schedule_and_on_flags_and_changes_no_edit(fixture_files, tmp_path):
+    model_dir, data = fixture_files
+    plan = sample_cases(load_cases(str(data)), 14, seed=1)
+    spikes = [plan[6].request.subject]  # edit 7: flagged by the cheap rules, so its entropy is measured too
+    runs = {}
+    for every in (1, 4):
+        cfg = config(model_dir, data, edits=14, hparams={"spike_subjects": spikes},
+                     guard={"min_history": 3, "entropy_prompts": 2, "entropy_tokens": 5, "entropy_every": every})
+        run_experiment(cfg, tmp_path / f"every{every}", progress=False)
+        runs[every] = dump(tmp_path / f"every{every}")
+    measured = [u for u, _, entropy, _, _ in runs[4]["updates"] if entropy is not None]
+    assert measured == [4, 7, 8, 12]
+    every1 = {u: e for u, _, e, _, _ in runs[1]["updates"]}
+    assert all(every1[u] == e for u, _, e, _, _ in runs[4]["updates"] if e is not None)  # the same draws
+    assert all(runs[1][k] == runs[4][k] for k in ("edits", "distances", "rechecks", "recheck_items"))
+
+
 def _run_in_subprocess(args: list[str]) -> subprocess.Popen:
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import test_experiment_runner as t; "
             "t.subprocess_main(sys.argv[2:])")

@@ -49,6 +49,10 @@ class GuardConfig(_Strict):
     - generation entropy (ROME's n-gram entropy of ``entropy_tokens`` sampled tokens after
       ``entropy_prompts`` fixed prompts) falls below ``entropy_ratio`` x the median of its last
       ``entropy_window`` values (the unedited model's first), or
+      measured after every ``entropy_every``-th update and after any update another rule flags (sampling
+      ``entropy_tokens`` tokens costs that many forward passes: on SmolLM2 at one thread about 2.7 s, a third
+      of an ENCORE update; an update that breaks the model is flagged at the next measurement at the
+      latest), or
     - the neighborhood score of a fixed probe (up to 4 neighborhood prompts of each of the last
       ``probe_cases`` cases of the plan) falls by more than ``neighborhood_drop`` in this one update.
 
@@ -65,6 +69,7 @@ class GuardConfig(_Strict):
     entropy_window: int = Field(10, ge=1)
     entropy_prompts: int = Field(3, ge=0)
     entropy_tokens: int = Field(20, ge=5)
+    entropy_every: int = Field(1, ge=1)
     neighborhood_drop: float = Field(0.3, gt=0.0, le=1.0)
     probe_cases: int = Field(6, ge=0)
 

@@ -7,7 +7,8 @@ After every update the runner hands the guard what it measured; the guard flags 
   ``distance_factor`` x the running median of earlier updates' jumps;
 - ``entropy``: generation entropy (ROME's n-gram entropy of sampled continuations of a few fixed prompts)
   fell below ``entropy_ratio`` x the median of its last ``entropy_window`` values (a sudden collapse, not
-  the gradual decline sequential editing brings anyway);
+  the gradual decline sequential editing brings anyway), measured every ``entropy_every`` updates and
+  whenever another rule fires;
 - ``neighborhood``: the neighborhood score of a fixed probe set fell by more than ``neighborhood_drop`` in
   this one update (a fixed probe, since one edit's own few neighbourhood prompts are too noisy to judge by).
 

@@ -280,8 +280,9 @@ class _Run:
             scores = evaluate_cases(self.model, self.tok, batch, metrics=self.edit_metrics,
                                     reference=self.reference, batch_size=self.cfg.eval_batch_size,
                                     seed=self.cfg.seed).cases
-            signals = UpdateSignals(update_norm=norm, distance_jump=jump, entropy=self._entropy(),
-                                    neighborhood=self._probe_neighborhood())
+            signals = UpdateSignals(update_norm=norm, distance_jump=jump, neighborhood=self._probe_neighborhood())
+            if u % self.cfg.guard.entropy_every == 0 or self.guard.check(signals):
+                signals = dataclasses.replace(signals, entropy=self._entropy())
             flags = self.guard.check(signals)
         refused = bool(flags) and (self.cfg.guard.revert or bool(broken))
         if refused:
