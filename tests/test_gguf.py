@@ -7,6 +7,7 @@ sizes, the vocabulary, merges, token types and special tokens) and Q/K rows perm
 
 from __future__ import annotations
 
+import contextlib
 import json
 from importlib import metadata
 from pathlib import Path
@@ -276,3 +277,29 @@ def test_smollm2_knows_the_capital_of_france():
     with torch.no_grad():
         top = model(**ids).logits[0, -1].argmax()
     assert tok.decode(top).startswith(" Paris")
+
+
+def test_conversion_progress_counts_the_megabytes_of_the_tensors(source, tmp_path, monkeypatch):
+    """The progress line's units are megabytes read, so its ETA is not thrown by one large tensor."""
+    path, _ = source
+    seen: dict[str, list] = {"total": [], "advances": []}
+    real = conv.progress_bar
+
+    @contextlib.contextmanager
+    def recorded(description, total, enabled=None, completed=0):
+        seen["total"].append(total)
+        with real(description, total, False) as advance:
+            def counting(n=1, **kw):
+                seen["advances"].append(n)
+                advance(n, **kw)
+            yield counting
+
+    monkeypatch.setattr(conv, "progress_bar", recorded)
+    out = tmp_path / "converted"
+    out.mkdir()
+    conv.convert_gguf(path, out, progress=False)
+    from gguf import GGUFReader
+
+    tensors = GGUFReader(str(path)).tensors
+    assert seen["total"] == [sum(max(1, round(int(t.n_bytes) / 1e6)) for t in tensors)]
+    assert len(seen["advances"]) == len(tensors) and sum(seen["advances"]) == seen["total"][0]

@@ -61,7 +61,8 @@ def sha256_of(paths: Sequence[Path]) -> str:
 @contextmanager
 def _quiet_gguf_reader(advance=None) -> Iterator[None]:
     """transformers' GGUF reader draws its own tqdm bar per tensor; editscale's one progress line counts the
-    tensors instead (``advance(n)`` per tensor read), so a 30-50 s conversion is not silent."""
+    megabytes of the tensors read instead (``advance(n)`` per tensor), so a 30-50 s conversion is not silent and
+    its ETA is not thrown by a large first tensor (the embedding) or many small ones (the norms)."""
     try:
         from transformers import modeling_gguf_pytorch_utils as reader
     except ImportError:
@@ -73,7 +74,7 @@ def _quiet_gguf_reader(advance=None) -> Iterator[None]:
         for item in iterable:
             yield item
             if advance is not None:
-                advance(1)
+                advance(_megabytes(item))
 
     if bar is not None:
         reader.tqdm = counted
@@ -131,12 +132,18 @@ def ensure_converted(sources: Path | str | Sequence[Path | str], directory: Path
     return directory
 
 
-def _count_tensors(path: Path) -> int | None:
-    """The tensors a GGUF file holds (its header says), for the conversion's progress; None if unreadable."""
+def _megabytes(tensor) -> int:
+    """A GGUF tensor's size in whole megabytes, at least 1 (what the conversion's progress counts)."""
+    return max(1, round(int(getattr(tensor, "n_bytes", 0)) / 1e6))
+
+
+def _count_megabytes(path: Path) -> int | None:
+    """The megabytes of the tensors a GGUF file holds (its header says), for the conversion's progress; None if
+    unreadable."""
     try:
         from gguf import GGUFReader
 
-        return len(GGUFReader(str(path)).tensors)
+        return sum(_megabytes(t) for t in GGUFReader(str(path)).tensors)
     except Exception:  # noqa: BLE001 - the conversion itself reports a file it cannot read
         return None
 
@@ -175,10 +182,10 @@ def convert_gguf(sources: Path | str | Sequence[Path | str], out_dir: Path, *,
     hf_logging.set_verbosity_error()
     try:
         what = paths[0].name if len(paths) == 1 else paths[0].name.rsplit(".part", 1)[0]
-        n_tensors = _count_tensors(source)
-        with progress_bar(f"converting {what} (once; tensors)", n_tensors, progress) as advance, \
+        megabytes = _count_megabytes(source)
+        tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)  # before the clock of the bar
+        with progress_bar(f"converting {what} (once; MB of tensors)", megabytes, progress) as advance, \
                 _quiet_gguf_reader(advance):
-            tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
             model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 -- any failure to read the file is the file's: one line, not a trace
         raise ModelLoadError(f"transformers could not read the GGUF file {paths[0]}: "
