@@ -19,6 +19,7 @@ of the GGUF they make, the editscale and transformers versions and how long the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -183,9 +184,21 @@ def convert_gguf(sources: Path | str | Sequence[Path | str], out_dir: Path, *,
     try:
         what = paths[0].name if len(paths) == 1 else paths[0].name.rsplit(".part", 1)[0]
         megabytes = _count_megabytes(source)
-        tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)  # before the clock of the bar
-        with progress_bar(f"converting {what} (once; MB of tensors)", megabytes, progress) as advance, \
-                _quiet_gguf_reader(advance):
+        # two lines: reading the file and building the model (a minute for Gemma 3, before any tensor), then
+        # the tensors, whose clock starts at the first one so their ETA is theirs
+        reading, tensors = contextlib.ExitStack(), contextlib.ExitStack()
+        reading.enter_context(progress_bar(f"converting {what} (once): reading the file", None, progress))
+        advance_tensors = []
+
+        def advance(n: int) -> None:
+            if not advance_tensors:
+                reading.close()
+                advance_tensors.append(tensors.enter_context(
+                    progress_bar(f"converting {what} (once): MB of tensors", megabytes, progress)))
+            advance_tensors[0](n)
+
+        with reading, tensors, _quiet_gguf_reader(advance):
+            tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
             model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 -- any failure to read the file is the file's: one line, not a trace
         raise ModelLoadError(f"transformers could not read the GGUF file {paths[0]}: "
