@@ -12,6 +12,7 @@ from edit_helpers import requests, small
 from tiny import bpe_tokenizer, random_model
 
 from editscale.data.readers import read_records
+from editscale.errors import ConfigError
 from editscale.experiment.scaling import (
     UNEDITED,
     ScalingResult,
@@ -180,3 +181,19 @@ def test_bad_methods_and_overrides_are_one_line_errors(cli, tmp_path):
                         (["--set", "no_such=1"], "--set no_such")):
         code, _, err = cli(*base, *extra)
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unique_fact_allows_other_facts_of_one_subject_in_the_sample(cli, tmp_path):
+    """Two relations of each of three subjects: six facts with --unique fact, three subjects without."""
+    data = tmp_path / "six.jsonl"
+    data.write_text("\n".join(RECORD.format(i=i).replace('"r"}', f'"r{j}"}}').replace(
+        f'"case_id": "{i}"', f'"case_id": "{i}-{j}"') for i in range(3) for j in range(2)) + "\n")
+    cases = read_records(data)
+    sample = scaling_sample(cases, [1, 6], 0, unique="fact")
+    assert len({(c.request.subject, c.request.relation_id) for c in sample}) == 6
+    assert scaling_sample(cases, [1, 6], 0, unique="fact")[:3] == scaling_sample(cases, [3], 0, unique="fact")
+    with pytest.raises(ConfigError, match="only 3 records with distinct subjects; .* --unique fact"):
+        scaling_sample(cases, [6], 0)
+    code, _, err = cli("scaling", "-m", str(tmp_path / "no-model"), "-d", str(data), "--sizes", "1",
+                       "--unique", "relation", "--out", str(tmp_path / "o"))
+    assert code == 2 and "--unique: 'relation' is neither" in err and len(err.strip().splitlines()) == 1, err

@@ -53,6 +53,9 @@ def scaling_command(
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods, one line each "
                                                            "(`editscale methods` lists them).")] = "memit,rome,ft-w",
     seed: Annotated[int, typer.Option(help="Seed of the sample and of the context prefixes.")] = 0,
+    unique: Annotated[str, typer.Option(help="What no two records of the sample share: subject (the papers: "
+                                             "no knowledge conflict) or fact (subject and relation, so "
+                                             "several facts of one subject).")] = "subject",
     set_: SetOpt = None,
     corpus: CorpusOpt = None,
     stats_dir: StatsDirOpt = None,
@@ -69,7 +72,7 @@ def scaling_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (every point) instead.")] = False,
 ) -> None:
     """For each method and each n in --sizes, insert the first n records of one seeded sample (distinct
-    subjects) into the unedited model at once, score them (efficacy, paraphrase, neighborhood, edit correct;
+    subjects, or facts with --unique fact) into the unedited model at once, score them (efficacy, paraphrase, neighborhood, edit correct;
     mean +- 1.96 standard errors) and revert.
 
     Writes scaling.png (the MEMIT paper's Figure 5: a panel per metric and the Score, n on a log axis, a band
@@ -89,7 +92,7 @@ def scaling_command(
     cases = load_cases(data)
     for m in method_list:  # one sample for every line: without any method's own training records (MEND's)
         cases = usable_cases(m, data, cases)
-    scaling_sample(cases, size_list, seed)  # too few records: said now, before the model is loaded
+    scaling_sample(cases, size_list, seed, unique)  # too few records: said now, before the model is loaded
     overrides = split_overrides(set_, method_list)
 
     import torch
@@ -102,7 +105,7 @@ def scaling_command(
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
     print(f"editscale scaling: {', '.join(method_list)} x n in {size_list} on {model} ({data}), "
           f"{torch.get_num_threads()} CPU threads", file=sys.stderr)
-    result = scaling_curve(lm, tok, cases, size_list, method_list, seed=seed, hparams=overrides,
+    result = scaling_curve(lm, tok, cases, size_list, method_list, seed=seed, unique=unique, hparams=overrides,
                            cache_targets=not no_target_cache, corpus=resolve_corpus_path(corpus),
                            stats_cache=stats_dir if stats_dir is not None else "default", batch_size=batch_size)
     result.info = {"model": model, "data": data, "threads": torch.get_num_threads(),
@@ -122,7 +125,8 @@ def _print_tables(result, model: str, markdown: bool) -> None:
     from editscale.report.scaling import markdown_table, point_rows, relation_table_rows
 
     cache = result.target_cache
-    lead = (f"{model}: {len(result.case_ids)} records (seed {result.seed}), {result.info.get('threads')} CPU "
+    lead = (f"{model}: {len(result.case_ids)} records (seed {result.seed}, distinct {result.unique}s), "
+            f"{result.info.get('threads')} CPU "
             f"threads, {result.seconds:.1f} s; ")
     lead += (f"target vectors optimised {cache.get('optimised')}, reused {cache.get('served')}"
              if cache.get("enabled") else "target cache off")

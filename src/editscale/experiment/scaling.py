@@ -120,6 +120,7 @@ class ScalingResult:
     case_ids: list[str]
     points: list[ScalingPoint]
     relations: dict[str, list[dict[str, Any]]]
+    unique: str = "subject"  # what no two records of the sample share: "subject" (the papers) or "fact"
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     target_cache: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -134,7 +135,7 @@ class ScalingResult:
         return sorted((p for p in self.points if p.method == label), key=lambda p: p.n)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.info, "sizes": self.sizes, "methods": self.methods, "seed": self.seed,
+        return {**self.info, "sizes": self.sizes, "methods": self.methods, "seed": self.seed, "unique": self.unique,
                 "metrics": list(METRICS), "interval": "mean +- 1.96 standard errors over records",
                 "case_ids": self.case_ids, "points": [p.to_dict() for p in self.points],
                 "relations": self.relations, "hparams": self.hparams, "target_cache": self.target_cache,
@@ -142,11 +143,11 @@ class ScalingResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScalingResult:
-        known = {"sizes", "methods", "seed", "metrics", "interval", "case_ids", "points", "relations", "hparams",
-                 "target_cache", "seconds"}
+        known = {"sizes", "methods", "seed", "unique", "metrics", "interval", "case_ids", "points", "relations",
+                 "hparams", "target_cache", "seconds"}
         return cls(list(d["sizes"]), list(d["methods"]), int(d["seed"]), list(d["case_ids"]),
-                   [ScalingPoint.from_dict(p) for p in d["points"]], dict(d["relations"]), dict(d.get("hparams", {})),
-                   dict(d.get("target_cache", {})), float(d.get("seconds", 0.0)),
+                   [ScalingPoint.from_dict(p) for p in d["points"]], dict(d["relations"]), str(d.get("unique", "subject")),
+                   dict(d.get("hparams", {})), dict(d.get("target_cache", {})), float(d.get("seconds", 0.0)),
                    {k: v for k, v in d.items() if k not in known})
 
 
@@ -163,17 +164,23 @@ def parse_sizes(text: str) -> list[int]:
     return sorted(set(sizes))
 
 
-def scaling_sample(cases: Sequence[EditCase], sizes: Sequence[int], seed: int) -> list[EditCase]:
-    """The seeded sample of max(``sizes``) records with distinct subjects whose prefixes every n edits; a
-    one-line ``ConfigError`` when the data has fewer."""
+def scaling_sample(cases: Sequence[EditCase], sizes: Sequence[int], seed: int,
+                   unique: str = "subject") -> list[EditCase]:
+    """The seeded sample of max(``sizes``) records with distinct subjects (``unique="fact"``: distinct subject
+    and relation, so several facts of one subject) whose prefixes every n edits; a one-line ``ConfigError``
+    when the data has fewer."""
     if not sizes or min(sizes) < 1:
         raise ConfigError("--sizes: give positive numbers of edits, e.g. --sizes 1,10,100")
+    if unique not in ("subject", "fact"):
+        raise ConfigError(f"--unique: {unique!r} is neither 'subject' nor 'fact'")
     largest = max(sizes)
-    subjects = len({c.request.subject.strip().lower() for c in cases})
-    if largest > subjects:
-        raise ConfigError(f"--sizes: {largest} edits asked for, but the data has only {subjects} records with "
-                          "distinct subjects; give smaller sizes or more records")
-    return sample_cases(list(cases), largest, seed)
+    keys = {(c.request.subject.strip().lower(),) + ((c.request.relation_id or c.request.prompt,)
+                                                     if unique == "fact" else ()) for c in cases}
+    if largest > len(keys):
+        hint = "; or --unique fact to allow other facts of one subject" if unique == "subject" else ""
+        raise ConfigError(f"--sizes: {largest} edits asked for, but the data has only {len(keys)} records with "
+                          f"distinct {unique}s; give smaller sizes or more records{hint}")
+    return sample_cases(list(cases), largest, seed, unique=unique)
 
 
 def relation_rows(cases: Sequence[EditCase], scores: Sequence[CaseScores]) -> list[dict[str, Any]]:
@@ -196,6 +203,7 @@ def scaling_curve(
     methods: Sequence[str],
     *,
     seed: int = 0,
+    unique: str = "subject",
     hparams: Mapping[str, Any] | None = None,
     cache_targets: bool = True,
     stats_cache: Any = "default",
@@ -205,7 +213,8 @@ def scaling_curve(
 ) -> ScalingResult:
     """The curve of every method in ``methods`` over ``sizes`` (see the module docstring).
 
-    ``cases``: the records the sample is drawn from (``seed``: the sample's and the context prefixes' seed);
+    ``cases``: the records the sample is drawn from (``seed``: the sample's and the context prefixes' seed;
+    ``unique``: what no two records of the sample share, ``"subject"`` as the papers or ``"fact"``);
     ``hparams``: per method name, its overrides (a mapping, an Hparams object or a YAML file); ``stats_cache``
     and ``corpus`` as ``Editor``'s. The model is left unedited.
     """
@@ -217,7 +226,7 @@ def scaling_curve(
 
     started = time.perf_counter()
     sizes = sorted({int(n) for n in sizes})
-    sample = scaling_sample(cases, sizes, seed)
+    sample = scaling_sample(cases, sizes, seed, unique)
     check_cases_fit(model, tokenizer, sample, reserve=EDIT_RESERVE)
     ctx = EditContext(model, tokenizer, stats_cache=stats_cache, corpus=corpus, seed=seed, progress=progress)
     ctx.target_cache = TargetCache() if cache_targets else None
@@ -250,7 +259,8 @@ def scaling_curve(
         relations[method] = relation_rows(chunk, scores)
 
     return ScalingResult(
-        sizes=sizes, methods=list(methods), seed=seed, case_ids=[c.case_id for c in sample], points=points,
+        sizes=sizes, methods=list(methods), seed=seed, unique=unique, case_ids=[c.case_id for c in sample],
+        points=points,
         relations=relations, hparams={m: e.hparams.to_dict() for m, e in editors.items()},
         target_cache={"enabled": cache_targets, **(ctx.target_cache.stats() if ctx.target_cache else {})},
         seconds=time.perf_counter() - started)
