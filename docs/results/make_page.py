@@ -5,10 +5,12 @@ they ran on. Pages are never edited by hand: run this again.
     python docs/results/make_page.py PAGE --title T --about TEXT --command CMD [--command CMD ...] \
         --machine TEXT RUN_DIR [RUN_DIR ...]
     python docs/results/make_page.py PAGE ... --eval RESULT.json [--eval RESULT.json ...]
+    python docs/results/make_page.py PAGE ... --scaling SCALING_DIR
 
 PAGE is the page's name (docs/results/PAGE.md; its figures go to docs/results/PAGE/). With ``--eval``, the
 table is the single-edit protocol's: one row per `editscale eval --method M --json` result file, and the
-unedited model's row from the first.
+unedited model's row from the first. With ``--scaling``, the tables are those `editscale scaling --markdown`
+prints, from the folder's scaling.json, and its scaling.png and scaling.json are copied beside the page.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("page")
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--eval", action="append", type=Path, default=[], help="an `editscale eval --json` result")
+    ap.add_argument("--scaling", type=Path, default=None, help="an `editscale scaling` output folder")
     ap.add_argument("--title", required=True)
     ap.add_argument("--about", required=True, help="what the study is and what to read in it (markdown)")
     ap.add_argument("--command", action="append", required=True, help="a command that made the runs")
@@ -39,6 +42,9 @@ def main() -> None:
 
     if args.eval:
         write(args, eval_table(args.eval), [], [])
+        return
+    if args.scaling:
+        write(args, scaling_tables(args.scaling, HERE / args.page), ["scaling.png"], [])
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(["editscale", "report", *map(str, args.runs), "--out", f"{tmp}/report", "--markdown"],
@@ -56,6 +62,30 @@ def main() -> None:
                 shutil.copy(Path(tmp) / "report" / name, figures / name)
                 shown.append(name)
     write(args, table, shown, [f"editscale report {' '.join(str(r) for r in args.runs)} --markdown"])
+
+
+def scaling_tables(folder: Path, figures: Path) -> str:
+    """The scaling command's tables (points, relations at the largest n) from ``folder/scaling.json``; its
+    figure and result file copied into ``figures``."""
+    import json
+
+    from editscale.experiment.scaling import ScalingResult
+    from editscale.report.scaling import markdown_table, point_rows, relation_table_rows
+
+    result = ScalingResult.from_dict(json.loads((folder / "scaling.json").read_text()))
+    figures.mkdir(exist_ok=True)
+    for name in ("scaling.png", "scaling.json"):
+        shutil.copy(folder / name, figures / name)
+    cache = result.target_cache
+    lead = (f"{len(result.case_ids)} records (seed {result.seed}, distinct {result.unique}s), "
+            f"{result.info.get('threads')} CPU threads, {_took(result.seconds)}; target vectors optimised "
+            f"{cache.get('optimised')}, reused {cache.get('served')}.")
+    return (f"{lead}\n\nScores (%, ± half the 95% interval):\n\n{markdown_table(point_rows(result))}\n\n"
+            f"By relation at n = {max(result.sizes)} (%):\n\n{markdown_table(relation_table_rows(result))}")
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.0f} min"
 
 
 EVAL_COLUMNS = ("efficacy", "paraphrase", "neighborhood", "efficacy_correct")
