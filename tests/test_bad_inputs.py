@@ -238,6 +238,8 @@ CASES = [
     # configs and the environment
     Case("config-duplicate-key", ["run", "{ws}/dup_key.yaml", "--out", "{ws}/out/r"], 2, "duplicate key 'edits'"),
     Case("config-bad-hparam-type", ["run", "{ws}/bad_hparam.yaml", "--out", "{ws}/out/r"], 2, "method.hparams"),
+    Case("run-a-grid-file", ["run", "{ws}/bad_cell_grid.yaml", "--out", "{ws}/out/r"], 2,
+         "is a grid file (it has 'grid:'), not one run's config; run its cells with `editscale sweep"),
     Case("sweep-one-bad-cell", ["sweep", "{ws}/bad_cell_grid.yaml", "--out", "{ws}/out/s", "--local"], 2,
          "method.hparams"),
     Case("home-is-a-file", ["models"], 2, "is a file, not a folder", patch="home_file"),

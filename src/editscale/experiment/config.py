@@ -204,8 +204,12 @@ def read_yaml(path: str | Path, what: str = "run config") -> Any:
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML run config."""
-    return parse_config(read_yaml(path), source=str(Path(path)))
+    """Read and validate a YAML run config (a grid file is refused in one line naming `editscale sweep`)."""
+    raw = read_yaml(path)
+    if isinstance(raw, dict) and "grid" in raw:
+        raise ConfigError(f"{path} is a grid file (it has 'grid:'), not one run's config; run its cells with "
+                          f"`editscale sweep {path} --out DIR`")
+    return parse_config(raw, source=str(Path(path)))
 
 
 def sample_cases(cases: list[EditCase], n: int, seed: int, unique: str = "subject") -> list[EditCase]:
