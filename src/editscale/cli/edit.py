@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from editscale.cli import app
+from editscale.cli.app import app
 from editscale.cli.common import print_json
 from editscale.errors import ConfigError
 from editscale.methods.catalog import method_help

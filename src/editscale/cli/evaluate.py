@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from editscale.cli import app
+from editscale.cli.app import app
 from editscale.cli.common import print_json, print_scores
 from editscale.cli.edit import CorpusOpt, HparamsOpt, SeedOpt, SetOpt, StatsDirOpt, load_edit_cases
 from editscale.methods.catalog import method_help

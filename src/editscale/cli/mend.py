@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from editscale.cli import app
+from editscale.cli.app import app
 from editscale.cli.common import print_json
 from editscale.cli.edit import HparamsOpt, SetOpt
 

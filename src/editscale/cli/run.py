@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from editscale.cli import app
+from editscale.cli.app import app
 from editscale.cli.common import print_json
 from editscale.errors import ConfigError
 
