@@ -196,7 +196,8 @@ def test_recommend_rule():
     assert recommend(None, 0.5)["rome_layer"] is None
 
 
-def test_known_facts_file_and_cli(tiny_testbed, cli, tmp_path):
+def test_known_facts_file_and_cli(tiny_testbed, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITSCALE_PROGRESS", "1")  # lines on stderr (not a terminal here)
     world = [json.loads(line) for line in (tiny_testbed / "world.jsonl").read_text().splitlines()[:40]]
     known = [
         {
@@ -233,6 +234,7 @@ def test_known_facts_file_and_cli(tiny_testbed, cli, tmp_path):
         "1",
     )
     assert code == 0, err
+    assert "finding the facts the model knows: 40/40 (100%)" in err  # before tracing, not silent
     data = json.loads(out)
     assert data["n_facts"] == 3 and data["kinds"] == ["mlp", "hidden"]
     assert data["recommended"]["rome_layer"] in (0, None)  # 2 layers: the last is never recommended

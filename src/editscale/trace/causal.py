@@ -103,12 +103,21 @@ def embedding_noise(model: nn.Module, tokenizer, subjects: Sequence[str], factor
 
 
 @torch.no_grad()
-def known_mask(model: nn.Module, tokenizer, facts: Sequence[Fact], batch_size: int = 64) -> list[bool]:
-    """Whether the model's greedy continuation of each fact's prompt begins with its object."""
-    scores = score_continuations(
-        model, tokenizer, [f.text for f in facts], [f.object for f in facts], batch_size=batch_size
-    )
-    return scores.all_argmax.tolist()
+def known_mask(model: nn.Module, tokenizer, facts: Sequence[Fact], batch_size: int = 64,
+               progress: bool | None = False) -> list[bool]:
+    """Whether the model's greedy continuation of each fact's prompt begins with its object (a progress line
+    per ``batch_size`` facts: on Gemma 3 at one thread, ROME's 1,209 known_1000 facts take minutes)."""
+    from editscale.progress import progress_bar
+
+    known: list[bool] = []
+    with progress_bar("finding the facts the model knows", len(facts), progress) as advance:
+        for start in range(0, len(facts), batch_size):
+            chunk = facts[start:start + batch_size]
+            scores = score_continuations(model, tokenizer, [f.text for f in chunk], [f.object for f in chunk],
+                                         batch_size=batch_size)
+            known += scores.all_argmax.tolist()
+            advance(len(chunk))
+    return known
 
 
 @dataclass

@@ -221,7 +221,7 @@ def causal_trace(
     chosen = list(enumerate(all_facts))
     n_known = len(chosen)
     if known_only:
-        mask = known_mask(model, tokenizer, all_facts)
+        mask = known_mask(model, tokenizer, all_facts, progress=progress)
         chosen = [(i, f) for (i, f), k in zip(chosen, mask) if k]
         n_known = len(chosen)
     chosen = chosen[:n] if n is not None else chosen
