@@ -60,6 +60,9 @@ def test_the_cli_draws_the_curve_writes_every_point_and_breaks_down_relations(ti
             "--methods", ",".join(LINES), "--out", str(out), *[a for s in SETS for a in ("--set", s)]]
     code, stdout, err = cli(*args, "--json")
     assert code == 0, err
+    # each point on stderr as soon as it is measured (a log keeps the points of a curve stopped before its end)
+    assert [line.split(":")[1].strip() for line in err.splitlines() if line.startswith("scaling: ") and " n=" in line] \
+        == [f"{m} n={n}" for m in LINES for n in SIZES]
     printed = json.loads(stdout)
     saved = json.loads((out / "scaling.json").read_text())
     assert (out / "scaling.png").stat().st_size > 10_000

@@ -100,14 +100,15 @@ def scaling_command(
     from editscale.experiment.scaling import scaling_curve, write_json
     from editscale.model.loading import model_device
     from editscale.names import load_model, resolve_corpus_path
-    from editscale.report.scaling import plot_scaling
+    from editscale.report.scaling import plot_scaling, point_line
 
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
     print(f"editscale scaling: {', '.join(method_list)} x n in {size_list} on {model} ({data}), "
           f"{torch.get_num_threads()} CPU threads", file=sys.stderr)
     result = scaling_curve(lm, tok, cases, size_list, method_list, seed=seed, unique=unique, hparams=overrides,
                            cache_targets=not no_target_cache, corpus=resolve_corpus_path(corpus),
-                           stats_cache=stats_dir if stats_dir is not None else "default", batch_size=batch_size)
+                           stats_cache=stats_dir if stats_dir is not None else "default", batch_size=batch_size,
+                           on_point=lambda p: print(f"scaling: {point_line(p)}", file=sys.stderr, flush=True))
     result.info = {"model": model, "data": data, "threads": torch.get_num_threads(),
                    "device": str(model_device(lm))}
     with staged_output(out_dir, "scaling") as tmp:

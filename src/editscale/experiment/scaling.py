@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,13 +210,16 @@ def scaling_curve(
     corpus: Any = None,
     batch_size: int = 64,
     progress: bool | None = None,
+    on_point: Callable[[ScalingPoint], None] | None = None,
 ) -> ScalingResult:
     """The curve of every method in ``methods`` over ``sizes`` (see the module docstring).
 
     ``cases``: the records the sample is drawn from (``seed``: the sample's and the context prefixes' seed;
     ``unique``: what no two records of the sample share, ``"subject"`` as the papers or ``"fact"``);
     ``hparams``: per method name, its overrides (a mapping, an Hparams object or a YAML file); ``stats_cache``
-    and ``corpus`` as ``Editor``'s. The model is left unedited.
+    and ``corpus`` as ``Editor``'s; ``on_point`` is called with each method's point as soon as it is measured
+    (the CLI prints it, so a log keeps the points of a curve that is stopped before its end). The model is
+    left unedited.
     """
     from editscale.eval.lengths import EDIT_RESERVE, check_cases_fit
     from editscale.methods.base import EditState
@@ -255,6 +258,8 @@ def scaling_curve(
                 finally:
                     delta.revert(model)
                 points.append(ScalingPoint(method, n, estimates(scores), t1 - t0, time.perf_counter() - t1))
+                if on_point is not None:
+                    on_point(points[-1])
                 advance(n)
         relations[method] = relation_rows(chunk, scores)
 

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from editscale.eval.metrics import METRICS as DECLARED
-from editscale.experiment.scaling import UNEDITED, Estimate, ScalingResult
+from editscale.experiment.scaling import UNEDITED, Estimate, ScalingPoint, ScalingResult
 
 PANELS = ("efficacy", "paraphrase", "neighborhood", "score")
 LABELS = {"score": "Score (harmonic mean)"}
@@ -78,6 +78,12 @@ def cell(e: Estimate | None, interval: bool = True) -> str:
     if not interval or math.isnan(e.low) or math.isnan(e.high):
         return f"{100 * e.mean:.1f}"
     return f"{100 * e.mean:.1f} ± {50 * (e.high - e.low):.1f}"
+
+
+def point_line(p: ScalingPoint) -> str:
+    """One measured point as a line of text: ``memit n=100: efficacy 98.0 ± 2.7, ... (edit 640.1 s, ...)``."""
+    scores = ", ".join(f"{label(m)} {cell(p.metrics.get(m))}" for m in TABLE_METRICS)
+    return f"{p.method} n={p.n}: {scores} (edit {p.edit_seconds:.1f} s, score {p.eval_seconds:.1f} s)"
 
 
 def point_rows(result: ScalingResult) -> list[dict[str, str]]:
