@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -239,6 +240,12 @@ def test_known_facts_file_and_cli(tiny_testbed, cli, tmp_path, monkeypatch):
     assert data["n_facts"] == 3 and data["kinds"] == ["mlp", "hidden"]
     assert data["recommended"]["rome_layer"] in (0, None)  # 2 layers: the last is never recommended
     assert (tmp_path / "out" / "trace_mlp.png").stat().st_size > 1000
+    # the table: a row per layer, readable in a log's 80 columns
+    code, out, err = cli("trace", "--model", str(tiny_testbed), "--data", str(path), "--n", "2", "--samples", "2",
+                         "--kinds", "mlp", "--out", str(tmp_path / "out2"), "--single", "0", "--threads", "1")
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if re.match(r"│\s*\d+\s*│", line)]
+    assert [int(r.split("│")[1]) for r in rows] == list(range(2)) and all(len(line) <= 80 for line in out.splitlines())
     code, _, err = cli(
         "trace",
         "--model",

@@ -121,13 +121,14 @@ def _print_summary(summary, model: str, written: list[Path]) -> None:
         f"P(o) clean {summary.p_clean:.3f}, corrupted {summary.p_corrupted:.3f}, "
         f"total effect {summary.total_effect:.3f}"
     )
+    # a row per layer (a column per kind and token), so a deep model's table fits a log's 80 columns
     table = Table(title="average indirect effect per layer")
-    table.add_column("kind / token")
+    table.add_column("layer", justify="right")
+    columns = [(kind, row) for kind in summary.kinds for row in (2, 5)]
+    for kind, row in columns:
+        table.add_column(f"{kind}, {GROUPS[row]}", justify="right")
     for layer in range(summary.n_layers):
-        table.add_column(str(layer), justify="right")
-    for kind in summary.kinds:
-        for row in (2, 5):
-            table.add_row(f"{kind} / {GROUPS[row]}", *[f"{v:.3f}" for v in summary.grouped[kind][row]])
+        table.add_row(str(layer), *[f"{summary.grouped[kind][row][layer]:.3f}" for kind, row in columns])
     console.print(table)
     rec = summary.recommended
     if rec["rome_layer"] is None:
