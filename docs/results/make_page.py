@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--eval", action="append", type=Path, default=[], help="an `editscale eval --json` result")
     ap.add_argument("--scaling", type=Path, default=None, help="an `editscale scaling` output folder")
+    ap.add_argument("--figure", action="append", type=Path, default=[],
+                    help="a figure a command wrote (e.g. trace_mlp.png), copied beside the page and shown")
     ap.add_argument("--title", required=True)
     ap.add_argument("--about", required=True, help="what the study is and what to read in it (markdown)")
     ap.add_argument("--command", action="append", required=True, help="a command that made the runs")
@@ -41,10 +43,11 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.eval:
-        write(args, eval_table(args.eval), [], [])
+        write(args, eval_table(args.eval), copy_figures(args.figure, HERE / args.page), [])
         return
     if args.scaling:
-        write(args, scaling_tables(args.scaling, HERE / args.page), ["scaling.png"], [])
+        shown = ["scaling.png", *copy_figures(args.figure, HERE / args.page)]
+        write(args, scaling_tables(args.scaling, HERE / args.page), shown, [])
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(["editscale", "report", *map(str, args.runs), "--out", f"{tmp}/report", "--markdown"],
@@ -62,6 +65,15 @@ def main() -> None:
                 shutil.copy(Path(tmp) / "report" / name, figures / name)
                 shown.append(name)
     write(args, table, shown, [f"editscale report {' '.join(str(r) for r in args.runs)} --markdown"])
+
+
+def copy_figures(paths: list[Path], folder: Path) -> list[str]:
+    """Copy each figure into the page's folder; their names, to show."""
+    if paths:
+        folder.mkdir(exist_ok=True)
+    for p in paths:
+        shutil.copy(p, folder / p.name)
+    return [p.name for p in paths]
 
 
 def scaling_tables(folder: Path, figures: Path) -> str:
