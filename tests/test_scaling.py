@@ -23,6 +23,7 @@ from editscale.experiment.scaling import (
     write_json,
 )
 from editscale.methods import targets
+from editscale.methods.target_cache import TargetCache
 from editscale.model.loading import load_model
 
 SIZES = [1, 2, 4]
@@ -200,3 +201,46 @@ def test_unique_fact_allows_other_facts_of_one_subject_in_the_sample(cli, tmp_pa
     code, _, err = cli("scaling", "-m", str(tmp_path / "no-model"), "-d", str(data), "--sizes", "1",
                        "--unique", "relation", "--out", str(tmp_path / "o"))
     assert code == 2 and "--unique: 'relation' is neither" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_targets_file_keeps_the_vectors_of_a_stopped_curve(tiny, monkeypatch, tmp_path):
+    """A curve stopped after some target optimisations, run again on the same file, optimises only the rest
+    and gives the curve of an uninterrupted run."""
+    reference = _curve(tiny)
+    path = tmp_path / "targets.sqlite"
+    real, calls = targets._optimize_chunk, []
+
+    def stop_after_three(ctx, items, module, hp, prefixes):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(len(items))
+        return real(ctx, items, module, hp, prefixes)
+
+    monkeypatch.setattr(targets, "_optimize_chunk", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        _curve(tiny, targets_file=path)
+    monkeypatch.undo()
+    kept = TargetCache(path)
+    assert len(kept) == sum(calls) > 0  # every chunk optimised before the stop is in the file
+    kept.close()
+    resumed = _curve(tiny, targets_file=path)
+    assert resumed.target_cache["optimised"] == reference.target_cache["optimised"] - sum(calls)
+    def scores(result):  # the points without their timings, NaN as None
+        return json_ready([p.to_dict() | {"edit_seconds": 0, "eval_seconds": 0} for p in result.points])
+
+    assert scores(resumed) == scores(reference)
+    again = _curve(tiny, targets_file=path)  # complete: nothing left to optimise
+    assert again.target_cache["optimised"] == 0
+
+
+def test_a_file_that_is_not_a_targets_file_is_one_line(cli, tmp_path):
+    data = tmp_path / "three.jsonl"
+    data.write_text("\n".join(RECORD.format(i=i) for i in range(3)) + "\n")
+    bad = tmp_path / "targets.sqlite"
+    bad.write_text("not a database " * 100)
+    base = ["scaling", "-m", str(tmp_path / "no-model"), "-d", str(data), "--sizes", "1", "--out", str(tmp_path / "o")]
+    code, _, err = cli(*base, "--targets", str(bad))
+    assert code == 2 and "is not an editscale targets file" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = cli(*base, "--targets", str(tmp_path / "t.sqlite"), "--no-target-cache")
+    assert code == 2 and "drop --no-target-cache" in err, err
+    assert bad.read_text().startswith("not a database")  # left as it was

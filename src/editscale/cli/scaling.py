@@ -62,6 +62,10 @@ def scaling_command(
     no_target_cache: Annotated[bool, typer.Option(
         "--no-target-cache", help="Optimise every record's target vector again for each n (slower; for "
                                   "checking the cache).")] = False,
+    targets: Annotated[Path | None, typer.Option(
+        "--targets", help="A file (SQLite) that keeps every optimised target vector as it is made: the same "
+                          "command run again after a stop, or with larger sizes, optimises only what the file "
+                          "lacks.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass when scoring.", min=1)] = 64,
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16 (default: as saved).")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda:0.")] = None,
@@ -93,6 +97,12 @@ def scaling_command(
     for m in method_list:  # one sample for every line: without any method's own training records (MEND's)
         cases = usable_cases(m, data, cases)
     scaling_sample(cases, size_list, seed, unique)  # too few records: said now, before the model is loaded
+    if targets is not None:  # likewise a targets file that is not one
+        if no_target_cache:
+            raise ConfigError("--targets keeps the target cache's vectors; drop --no-target-cache")
+        from editscale.methods.target_cache import TargetCache
+
+        TargetCache(targets).close()
     overrides = split_overrides(set_, method_list)
 
     import torch
@@ -106,7 +116,8 @@ def scaling_command(
     print(f"editscale scaling: {', '.join(method_list)} x n in {size_list} on {model} ({data}), "
           f"{torch.get_num_threads()} CPU threads", file=sys.stderr)
     result = scaling_curve(lm, tok, cases, size_list, method_list, seed=seed, unique=unique, hparams=overrides,
-                           cache_targets=not no_target_cache, corpus=resolve_corpus_path(corpus),
+                           cache_targets=not no_target_cache, targets_file=targets,
+                           corpus=resolve_corpus_path(corpus),
                            stats_cache=stats_dir if stats_dir is not None else "default", batch_size=batch_size,
                            on_point=lambda p: print(f"scaling: {point_line(p)}", file=sys.stderr, flush=True))
     result.info = {"model": model, "data": data, "threads": torch.get_num_threads(),

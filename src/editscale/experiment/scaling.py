@@ -206,6 +206,7 @@ def scaling_curve(
     unique: str = "subject",
     hparams: Mapping[str, Any] | None = None,
     cache_targets: bool = True,
+    targets_file: str | Path | None = None,
     stats_cache: Any = "default",
     corpus: Any = None,
     batch_size: int = 64,
@@ -217,7 +218,8 @@ def scaling_curve(
     ``cases``: the records the sample is drawn from (``seed``: the sample's and the context prefixes' seed;
     ``unique``: what no two records of the sample share, ``"subject"`` as the papers or ``"fact"``);
     ``hparams``: per method name, its overrides (a mapping, an Hparams object or a YAML file); ``stats_cache``
-    and ``corpus`` as ``Editor``'s; ``on_point`` is called with each method's point as soon as it is measured
+    and ``corpus`` as ``Editor``'s; ``targets_file``: a SQLite file that keeps the target vectors as they are
+    optimised and serves those it holds (a stopped curve run again optimises only the rest); ``on_point`` is called with each method's point as soon as it is measured
     (the CLI prints it, so a log keeps the points of a curve that is stopped before its end). The model is
     left unedited.
     """
@@ -232,7 +234,9 @@ def scaling_curve(
     sample = scaling_sample(cases, sizes, seed, unique)
     check_cases_fit(model, tokenizer, sample, reserve=EDIT_RESERVE)
     ctx = EditContext(model, tokenizer, stats_cache=stats_cache, corpus=corpus, seed=seed, progress=progress)
-    ctx.target_cache = TargetCache() if cache_targets else None
+    if targets_file is not None and not cache_targets:
+        raise ConfigError("a targets file keeps the target cache's vectors: it needs the cache on")
+    ctx.target_cache = TargetCache(targets_file) if cache_targets else None
     editors = {m: Editor(model, tokenizer, m, (hparams or {}).get(m), context=ctx) for m in methods}
 
     points: list[ScalingPoint] = []
@@ -263,6 +267,8 @@ def scaling_curve(
                 advance(n)
         relations[method] = relation_rows(chunk, scores)
 
+    if ctx.target_cache is not None:
+        ctx.target_cache.close()
     return ScalingResult(
         sizes=sizes, methods=list(methods), seed=seed, unique=unique, case_ids=[c.case_id for c in sample],
         points=points,

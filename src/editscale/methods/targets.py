@@ -383,9 +383,10 @@ def optimize_targets(
     if advance is not None and rows:
         advance(len(rows))
     todo = [i for i in range(len(items)) if i not in rows]
-    if todo:
-        res = _optimize_items(ctx, [items[i] for i in todo], module, hp, prefixes, advance)
-        for j, i in enumerate(todo):
+    for start in range(0, len(todo), hp.target_batch):  # stored chunk by chunk: a file cache keeps them all
+        chunk = todo[start:start + hp.target_batch]
+        res = _optimize_items(ctx, [items[i] for i in chunk], module, hp, prefixes, advance)
+        for j, i in enumerate(chunk):
             rows[i] = res.row(j)
             cache.put(keys[i], rows[i])
     return TargetResult.stack([rows[i] for i in range(len(items))])
