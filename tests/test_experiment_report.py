@@ -111,3 +111,14 @@ def test_the_report_fits_a_browser_page(tmp_path):
     title = out.stdout.split("<title>")[1].split("</title>")[0]
     right, width = map(float, title.split())
     assert right <= width, f"the summary table runs {right - width:.0f} px off the page"
+
+
+def test_a_run_stored_as_running_that_no_process_holds_is_interrupted(tmp_path):
+    from editscale.experiment.rundir import RunLock
+    from editscale.report.html import run_status
+
+    fake_run(tmp_path / "a", "rome")
+    assert run_status(tmp_path / "a", "complete") == "complete"
+    assert run_status(tmp_path / "a", "running") == "interrupted"  # killed, or its store copied elsewhere
+    with RunLock(tmp_path / "a"):
+        assert run_status(tmp_path / "a", "running") == "running"

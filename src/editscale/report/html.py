@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from editscale.errors import RunStateError
+from editscale.errors import RunInUseError, RunStateError
 from editscale.eval.metrics import METRICS, metrics_at
 from editscale.eval.panel import KNOWN_FACTS, PERPLEXITY, primary_metric
+from editscale.experiment.rundir import check_free
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.experiment.summary import summarize
 from editscale.report.plots import RunData, load_run, write_plots
@@ -76,6 +77,18 @@ def skill_f1_change(run: RunData) -> tuple[float, str | None, float]:
     return sum(changes.values()) / len(changes), worst, changes[worst]
 
 
+def run_status(run_dir: Path, stored: str) -> str:
+    """A run's status: the stored one, except that a run stored as running that no process holds was stopped
+    (killed, or its store copied elsewhere): ``interrupted``, as ``editscale sweep --status`` says."""
+    if stored != "running":
+        return stored
+    try:
+        check_free(run_dir)
+    except RunInUseError:
+        return "running"
+    return "interrupted"
+
+
 def run_summary_row(run_dir: Path, run: RunData) -> dict[str, Any]:
     """One row of the summary table: the run, and every summarised metric as its declaration formats it."""
     s = summarize(run_dir)
@@ -86,7 +99,8 @@ def run_summary_row(run_dir: Path, run: RunData) -> dict[str, Any]:
     skill, worst, worst_change = skill_f1_change(run)
     cfg = meta["config"]
     row: dict[str, Any] = {"run": label, "directory": str(run_dir), "method": cfg["method"]["name"],
-                           "model": cfg["model"], "status": meta.get("status", "?"), "edits": s["edits"]}
+                           "model": cfg["model"], "status": run_status(run_dir, meta.get("status", "?")),
+                           "edits": s["edits"]}
     for m in metrics_at("edit"):
         if m.summary:
             row[m.label] = m.format(s.get(m.name))
