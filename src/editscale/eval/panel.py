@@ -119,7 +119,7 @@ class KnownFactsProbe:
             raise ConfigError("known-facts needs at least one (prompt, object) fact")
         self.tokenizer, self.batch_size = tokenizer, batch_size
         facts = list(dict.fromkeys((p.strip(), o.strip()) for p, o in facts if p.strip() and o.strip()))
-        right = self._right(model, facts)
+        right = self.right(model, facts)
         known = [f for f, ok in zip(facts, right) if ok]
         if not known:
             raise DataLoadError(f"the unedited model gets none of the {len(facts)} known facts right; "
@@ -127,14 +127,16 @@ class KnownFactsProbe:
         self.available = len(known)
         self.facts = sorted(random.Random(seed).sample(known, min(n, len(known))))
 
-    def _right(self, model: nn.Module, facts: Sequence[tuple[str, str]]) -> list[bool]:
+    def right(self, model: nn.Module, facts: Sequence[tuple[str, str]] | None = None) -> list[bool]:
+        """Per fact (the probe's own by default), whether the model gets it right now."""
+        facts = self.facts if facts is None else facts
         scores = score_continuations(model, self.tokenizer, [p for p, _ in facts], [o for _, o in facts],
                                      batch_size=self.batch_size)
         return scores.all_argmax.tolist()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        right = self._right(model, self.facts)
+        right = self.right(model)
         return {"retention": sum(right) / len(right), "n": len(right)}
 
 
