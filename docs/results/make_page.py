@@ -5,7 +5,7 @@ they ran on. Pages are never edited by hand: run this again.
     python docs/results/make_page.py PAGE --title T --about TEXT --command CMD [--command CMD ...] \
         --machine TEXT RUN_DIR [RUN_DIR ...]
     python docs/results/make_page.py PAGE ... --eval RESULT.json [--eval RESULT.json ...]
-    python docs/results/make_page.py PAGE ... --scaling SCALING_DIR
+    python docs/results/make_page.py PAGE ... --scaling SCALING_DIR [--scaling SCALING_DIR ...]
 
 PAGE is the page's name (docs/results/PAGE.md; its figures go to docs/results/PAGE/). With ``--eval``, the
 table is the single-edit protocol's: one row per `editscale eval --method M --json` result file, and the
@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("page")
     ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--eval", action="append", type=Path, default=[], help="an `editscale eval --json` result")
-    ap.add_argument("--scaling", type=Path, default=None, help="an `editscale scaling` output folder")
+    ap.add_argument("--scaling", action="append", type=Path, default=[],
+                    help="an `editscale scaling` output folder (several: a section each, named by the folder)")
     ap.add_argument("--figure", action="append", type=Path, default=[],
                     help="a figure a command wrote (e.g. trace_mlp.png), copied beside the page and shown")
     ap.add_argument("--title", required=True)
@@ -46,8 +47,12 @@ def main() -> None:
         write(args, eval_table(args.eval), copy_figures(args.figure, HERE / args.page), [])
         return
     if args.scaling:
-        shown = ["scaling.png", *copy_figures(args.figure, HERE / args.page)]
-        write(args, scaling_tables(args.scaling, HERE / args.page), shown, [])
+        names = ["scaling"] if len(args.scaling) == 1 else [folder.name for folder in args.scaling]
+        tables = [scaling_tables(folder, HERE / args.page, name) for folder, name in zip(args.scaling, names)]
+        if len(names) > 1:
+            tables = [f"### {name}\n\n{table}" for name, table in zip(names, tables)]
+        shown = [f"{name}.png" for name in names] + copy_figures(args.figure, HERE / args.page)
+        write(args, "\n\n".join(tables), shown, [])
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(["editscale", "report", *map(str, args.runs), "--out", f"{tmp}/report", "--markdown"],
@@ -76,9 +81,9 @@ def copy_figures(paths: list[Path], folder: Path) -> list[str]:
     return [p.name for p in paths]
 
 
-def scaling_tables(folder: Path, figures: Path) -> str:
+def scaling_tables(folder: Path, figures: Path, name: str = "scaling") -> str:
     """The scaling command's tables (points, relations at the largest n) from ``folder/scaling.json``; its
-    figure and result file copied into ``figures``."""
+    figure and result file copied into ``figures`` as NAME.png and NAME.json."""
     import json
 
     from editscale.experiment.scaling import ScalingResult
@@ -86,8 +91,8 @@ def scaling_tables(folder: Path, figures: Path) -> str:
 
     result = ScalingResult.from_dict(json.loads((folder / "scaling.json").read_text()))
     figures.mkdir(exist_ok=True)
-    for name in ("scaling.png", "scaling.json"):
-        shutil.copy(folder / name, figures / name)
+    for suffix in (".png", ".json"):
+        shutil.copy(folder / f"scaling{suffix}", figures / f"{name}{suffix}")
     cache = result.target_cache
     lead = (f"{len(result.case_ids)} records (seed {result.seed}, distinct {result.unique}s), "
             f"{result.info.get('threads')} CPU threads, {_took(result.seconds)}; target vectors optimised "
