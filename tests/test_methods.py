@@ -524,3 +524,35 @@ def test_a_presets_shared_section_reaches_every_method_that_has_the_field():
     assert preset_values("testbed", "encore")["v_stop_on"] == "argmax"  # its own section overrides shared
     assert preset_values("testbed", "memit")["v_stop_on"] == "nll"
     assert "mom2_n_tokens" not in preset_values("testbed", "ft-l")  # FT has no statistics: shared skips it
+
+
+def test_through_post_norm_moves_the_normed_output_by_the_residual():
+    """Gemma 3 norms the MLP output before the residual add: the MLP-output change MEMIT writes must be the one
+    whose normed image moves by the residual, not the residual itself."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    from editscale.methods.memit import through_post_norm
+
+    torch.manual_seed(0)
+    norm = Gemma3RMSNorm(256)
+    with torch.no_grad():  # gains 1 + w around 2.5 as Gemma 3 270M's (a few near 0), and one exactly 0
+        norm.weight.normal_(1.5, 1.0)
+        norm.weight[0] = -1.0
+    m = 40 * torch.randn(5, 256)  # an MLP output far larger than its gain, as in Gemma 3
+    r = 0.05 * torch.randn(5, 256)
+    delta = through_post_norm(norm, m, r)
+    assert torch.isfinite(delta).all()
+    err = (norm(m + delta) - norm(m) - r).norm()
+    naive = (norm(m + r) - norm(m) - r).norm()  # writing the residual itself as the MLP-output change
+    assert err < 0.15 * r.norm() and naive > 0.5 * r.norm(), (float(err), float(naive))
+
+
+def test_memit_family_on_a_post_norm_model_writes_through_the_norm(tok, texts):
+    """On a Gemma 3 layout the MEMIT loop reads the MLP outputs and edits as on the other families."""
+    model = random_model("gemma3_text", vocab_size=len(tok))
+    assert get_anatomy(model).mlp_post_norm_name(1) == "model.layers.1.post_feedforward_layernorm"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for method in ("memit", "encore", "alphaedit", "emmet"):
+        delta = editor(model, tok, method, texts).compute(requests()[:2])
+        assert delta.updates and all(torch.isfinite(u.matrix()).all() for u in delta.updates.values())
+        assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)

@@ -31,6 +31,7 @@ class Anatomy:
     transposed: bool = False
     mlp_gate: str | None = None  # gated MLPs (Llama): the gate projection
     attn: str | None = None  # relative to a layer: the self-attention module (its output: causal tracing)
+    mlp_post_norm: str | None = None  # relative to a layer: a norm on the MLP's output before the residual add
 
     # --- names -------------------------------------------------------------------------------------
     def layer_name(self, i: int) -> str:
@@ -38,6 +39,11 @@ class Anatomy:
 
     def mlp_out_name(self, i: int) -> str:
         return f"{self.layers}.{i}.{self.mlp_out}"
+
+    def mlp_post_norm_name(self, i: int) -> str | None:
+        """Layer i's norm on the MLP output before the residual add (Gemma 3), or None where the MLP output is
+        added to the residual as it is."""
+        return None if self.mlp_post_norm is None else f"{self.layers}.{i}.{self.mlp_post_norm}"
 
     def mlp_matrix_name(self, i: int, which: str) -> str:
         """Layer i's MLP matrix module: ``"in"`` (its output feeds the nonlinearity), ``"out"`` (the one ROME
@@ -117,7 +123,8 @@ LLAMA = Anatomy("llama", "model.layers", "mlp.up_proj", "mlp.down_proj", "post_a
 # post_feedforward_layernorm on its output, before the residual add). Its embeddings are scaled inside the
 # embedding module; logits always come from the model's own forward (its LM head and any soft-capping).
 GEMMA3 = Anatomy("gemma3", "model.layers", "mlp.up_proj", "mlp.down_proj", "pre_feedforward_layernorm",
-                 "model.norm", mlp_gate="mlp.gate_proj", attn="self_attn")
+                 "model.norm", mlp_gate="mlp.gate_proj", attn="self_attn",
+                 mlp_post_norm="post_feedforward_layernorm")
 
 # model_type (from the HF config) -> anatomy. Mistral and Qwen2 share Llama's layout.
 FAMILIES: dict[str, Anatomy] = {
