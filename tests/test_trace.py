@@ -199,7 +199,7 @@ def test_recommend_rule():
 
 def test_known_facts_file_and_cli(tiny_testbed, cli, tmp_path, monkeypatch):
     monkeypatch.setenv("EDITSCALE_PROGRESS", "1")  # lines on stderr (not a terminal here)
-    world = [json.loads(line) for line in (tiny_testbed / "world.jsonl").read_text().splitlines()[:40]]
+    world = [json.loads(line) for line in (tiny_testbed / "world.jsonl").read_text().splitlines()[:100]]
     known = [
         {
             "known_id": i,
@@ -235,7 +235,7 @@ def test_known_facts_file_and_cli(tiny_testbed, cli, tmp_path, monkeypatch):
         "1",
     )
     assert code == 0, err
-    assert "finding the facts the model knows: 40/40 (100%)" in err  # before tracing, not silent
+    assert "finding the facts the model knows: 100/100 (100%)" in err  # before tracing, not silent
     data = json.loads(out)
     assert data["n_facts"] == 3 and data["kinds"] == ["mlp", "hidden"]
     assert data["recommended"]["rome_layer"] in (0, None)  # 2 layers: the last is never recommended
