@@ -18,7 +18,8 @@ distances (checked).
 On SmolLM2 (one thread, ENCORE as in examples/smollm2_1000.yaml):
 
     python bench/bench_sequential.py --model smollm2-135m --data counterfact-val --method encore \\
-        --set mom2_corpus=wikitext-2-valid --edits 20 --downstream-every 10 --entropy-every 10 --threads 1
+        --set mom2_corpus=wikitext-2-valid --edits 10 --downstream-every 10 --entropy-every 10 --threads 1 \\
+        --metrics efficacy,efficacy_correct,paraphrase,neighborhood,efficacy_magnitude,neighborhood_magnitude
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ class Timers:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.in_step = False
 
-    def wrap(self, owner, attr: str, label: str) -> None:
+    def wrap(self, owner, attr: str, label: str, steps_only: bool = False) -> None:
+        """Time ``owner.attr`` under ``label``; ``steps_only``: only its calls inside an update (the
+        baseline's measurements of the unedited model belong to the rest)."""
         inner = getattr(owner, attr)
 
         def timed(*args, **kwargs):
@@ -55,14 +59,25 @@ class Timers:
             try:
                 return inner(*args, **kwargs)
             finally:
-                self.seconds[label] += time.perf_counter() - t0
+                if self.in_step or not steps_only:
+                    self.seconds[label] += time.perf_counter() - t0
 
         setattr(owner, attr, timed)
 
     def install(self) -> None:
         run = runner_mod._Run
-        self.wrap(run, "_entropy", "guard: generation entropy")
-        self.wrap(run, "_probe_neighborhood", "guard: neighbourhood probe")
+        step = run.step
+
+        def in_step(run_self, u):
+            self.in_step = True
+            try:
+                return step(run_self, u)
+            finally:
+                self.in_step = False
+
+        run.step = in_step
+        self.wrap(run, "_entropy", "guard: generation entropy", steps_only=True)
+        self.wrap(run, "_probe_neighborhood", "guard: neighbourhood probe", steps_only=True)
         self.wrap(run, "_checkpoint", "checkpoints")
         evaluator = runner_mod._downstream_evaluator
 
@@ -82,16 +97,16 @@ class Timers:
 
 def one_run(cfg: dict, out: Path) -> tuple[float, dict[str, float], list]:
     timers = Timers()
-    saved = (runner_mod._Run._entropy, runner_mod._Run._probe_neighborhood, runner_mod._Run._checkpoint,
-             runner_mod._downstream_evaluator)
+    saved = (runner_mod._Run.step, runner_mod._Run._entropy, runner_mod._Run._probe_neighborhood,
+             runner_mod._Run._checkpoint, runner_mod._downstream_evaluator)
     timers.install()
     try:
         t0 = time.perf_counter()
         run_experiment(cfg, out, progress=False)
         wall = time.perf_counter() - t0
     finally:
-        (runner_mod._Run._entropy, runner_mod._Run._probe_neighborhood, runner_mod._Run._checkpoint,
-         runner_mod._downstream_evaluator) = saved
+        (runner_mod._Run.step, runner_mod._Run._entropy, runner_mod._Run._probe_neighborhood,
+         runner_mod._Run._checkpoint, runner_mod._downstream_evaluator) = saved
     with RunStore.in_dir(out) as store:
         steps, method = store.rows("SELECT SUM(seconds), SUM(compute_seconds) FROM updates")[0]
         rechecks = store.rows("SELECT SUM(seconds) FROM rechecks")[0][0] or 0.0
@@ -119,6 +134,9 @@ def main() -> None:
     ap.add_argument("--method", default="rome")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a method hyperparameter (VALUE in YAML); repeatable")
+    ap.add_argument("--metrics", default=None,
+                    help="per-edit metrics, comma-separated (default: the run config's, which sample texts for the "
+                         "generation metrics; the SmolLM2 grid scores six: see its file)")
     ap.add_argument("--forget-every", type=int, default=10)
     ap.add_argument("--downstream-every", type=int, default=50)
     ap.add_argument("--entropy-every", type=int, default=None,
@@ -140,6 +158,8 @@ def main() -> None:
     cfg = {"model": args.model, "method": {"name": args.method, "hparams": hparams}, "data": args.data,
            "edits": args.edits, "batch": 1, "forget_every": args.forget_every,
            "downstream_every": args.downstream_every, "seed": 0, "threads": args.threads}
+    if args.metrics:
+        cfg["metrics"] = [m.strip() for m in args.metrics.split(",") if m.strip()]
     wall, parts, results = one_run(cfg, out / "entropy-every-1")
     print(f"{args.edits} sequential {args.method} edits of {args.model} ({args.data}), re-checks every "
           f"{args.forget_every}, downstream every {args.downstream_every}; torch threads: "
