@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "editscale.progress": 0,
     "editscale.cache": 0,
     "editscale.threads": 0,
+    "editscale.json_values": 0,
     "editscale.model": 1,
     "editscale.data": 2,
     "editscale.stats": 3,

@@ -17,11 +17,11 @@ from editscale.experiment.scaling import (
     UNEDITED,
     ScalingResult,
     estimate,
-    json_ready,
     scaling_curve,
     scaling_sample,
     write_json,
 )
+from editscale.json_values import json_ready
 from editscale.methods import targets
 from editscale.methods.target_cache import TargetCache
 from editscale.model.loading import load_model

@@ -21,17 +21,9 @@ def positive_finite(value: float) -> float:
 
 def print_json(obj: Any) -> None:
     """Print one JSON object on stdout (NaN and infinities become null)."""
+    from editscale.json_values import json_ready
 
-    def clean(x):
-        if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-
-    sys.stdout.write(json.dumps(clean(obj)) + "\n")
+    sys.stdout.write(json.dumps(json_ready(obj)) + "\n")
 
 
 def print_scores(title: str, columns: dict[str, dict]) -> None:

@@ -31,6 +31,7 @@ from editscale.errors import ConfigError
 from editscale.eval.counterfact import SCORE_OF, CaseScores, evaluate_cases
 from editscale.eval.scoring import harmonic_mean
 from editscale.experiment.config import sample_cases
+from editscale.json_values import json_ready
 from editscale.progress import progress_bar
 
 METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_correct")
@@ -275,17 +276,6 @@ def scaling_curve(
         relations=relations, hparams={m: e.hparams.to_dict() for m, e in editors.items()},
         target_cache={"enabled": cache_targets, **(ctx.target_cache.stats() if ctx.target_cache else {})},
         seconds=time.perf_counter() - started)
-
-
-def json_ready(x: Any) -> Any:
-    """``x`` with NaN and infinities as None (JSON's null)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_ready(v) for v in x]
-    return x
 
 
 def write_json(result: ScalingResult, path: str | Path) -> Path:
