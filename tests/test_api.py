@@ -13,7 +13,7 @@ from tiny import bpe_tokenizer, random_model
 import editscale
 from editscale.api import Editor, evaluate_edits, to_requests
 from editscale.data.records import EditRequest
-from editscale.errors import ConfigError, RecordError
+from editscale.errors import ConfigError, DataLoadError, RecordError
 from editscale.methods.base import Delta
 from editscale.model.loading import load_model
 from editscale.stats import second_moment as sm
@@ -108,6 +108,42 @@ def test_evaluate_edits_is_the_single_edit_protocol(tok):
     assert _same(before, model.state_dict())
 
 
+def test_evaluate_edits_saves_scores_and_continues_where_it_stopped(tok, tmp_path):
+    """A stopped single-edit evaluation with ``save`` continues after its last saved edit, and ends as the
+    evaluation that never stopped; a line cut short is dropped, another evaluation's file is refused."""
+    model = random_model("gpt2", vocab_size=len(tok))
+    ed = Editor(model, tok, "memit", small("memit"), stats_cache=None, corpus=corpus(), progress=False)
+    whole = evaluate_edits(ed, cases(), batch=1, progress=False)
+    edit, made = ed.edit, []
+
+    def stopping(chunk):
+        if len(made) == 2:
+            raise KeyboardInterrupt
+        made.append(chunk[0].request.case_id)
+        return edit(chunk)
+
+    ed.edit = stopping
+    path = tmp_path / "scores.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_edits(ed, cases(), batch=1, progress=False, save=path)
+    with open(path, "ab") as f:
+        f.write(b'{"edit": 2, "po')  # a line cut short by a kill or a full disk
+    made.clear()
+    again = evaluate_edits(ed, cases(), batch=1, progress=False, save=path)
+    assert made == [cases()[2].request.case_id]  # only the edit the file lacked
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN
+    assert same(again, whole) and list(again["post"]) == list(whole["post"])  # the table's rows in order
+    made.clear()
+    assert same(evaluate_edits(ed, cases(), batch=1, progress=False, save=path), whole) and made == []
+    assert len(path.read_text().splitlines()) == 1 + 1 + 3
+    with pytest.raises(ConfigError, match=r"scores of another evaluation \(it differs in batch\)"):
+        evaluate_edits(ed, cases(), batch=2, progress=False, save=path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "[1, 2]", *lines[2:]]) + "\n")
+    with pytest.raises(DataLoadError, match="is damaged: line 2 is neither"):
+        evaluate_edits(ed, cases(), batch=1, progress=False, save=path)
+
+
 # --- CLI ------------------------------------------------------------------------------------------------------
 def _cli(cli, *args) -> dict:
     code, out, err = cli(*args)
@@ -155,6 +191,15 @@ def test_cli_eval_with_method(model_dir, tmp_path, cli):
     assert set(out) == {"method", "n", "pre", "post", "batch", "hparams"} and out["method"] == "ft-l"
     assert out["n"] == 3 and out["hparams"]["steps"] == 2
     assert {"efficacy", "paraphrase", "neighborhood", "score"} <= set(out["post"])
+
+
+def test_cli_eval_save_needs_a_method(model_dir, tmp_path, cli):
+    data = tmp_path / "cases.jsonl"
+    data.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in cases()))
+    code, _, err = cli("eval", "--model", str(model_dir), "--data", str(data), "--save", str(tmp_path / "s.jsonl"))
+    assert code == 2 and err.strip() == ("error: --save keeps the scores of edits: give --method (the unedited "
+                                         "model's scores take one pass and need no saving)")
+    assert not (tmp_path / "s.jsonl").exists()
 
 
 def test_cli_edit_errors(model_dir, cli):

@@ -58,6 +58,7 @@ def evaluate_edits(
     batch_size: int = 64,
     progress: bool | None = None,
     metrics: Sequence[str] | None = None,
+    save: str | Path | None = None,
 ) -> dict[str, Any]:
     """The papers' single-edit protocol: each case (or each batch of ``batch`` cases) is edited into the
     UNEDITED model, scored, and reverted before the next.
@@ -65,32 +66,52 @@ def evaluate_edits(
     Returns ``{"method", "n", "batch", "pre", "post"}`` with CounterFact summaries (``pre``: the unedited
     model on all cases; ``post``: each case scored right after its own edit) and ``"cases"``, the per-case
     post-edit scores. The model is left unedited. ``metrics``: the per-edit metrics to score (default: all).
+    ``save``: a file that keeps the scores as they are measured (``experiment.score_log``); called again with
+    the same file and arguments, the evaluation continues after the last edit it holds.
     """
     from editscale.eval.counterfact import CounterFactResult, ReferenceScorer, evaluate_cases
     from editscale.eval.lengths import EDIT_RESERVE, check_cases_fit
-    from editscale.progress import progress as bar
+    from editscale.experiment.score_log import ScoreLog, cases_digest
+    from editscale.model.loading import fingerprint
     from editscale.progress import progress_bar
 
     model, tok = editor.model, editor.tokenizer
     check_cases_fit(model, tok, cases, reserve=EDIT_RESERVE)
+    log = None
+    if save is not None:
+        log = ScoreLog(save, {"model": fingerprint(model), "records": cases_digest(cases), "n": len(cases),
+                              "method": editor.method_name, "hparams": editor.hparams.model_dump(mode="json"),
+                              "batch": batch, "metrics": None if metrics is None else list(metrics),
+                              "seed": editor.context.seed})
     reference = ReferenceScorer(cases)  # one vectorizer for all cases, fitted on their reference texts
     chunks = [list(cases[i: i + batch]) for i in range(0, len(cases), batch)]
-    pre = []  # the unedited model, in chunks of 16 records; the progress line counts records
-    with progress_bar("the unedited model: score (records)", len(cases), progress) as advance:
-        for i in range(0, len(cases), 16):
-            chunk = list(cases[i: i + 16])
-            pre += evaluate_cases(model, tok, chunk, metrics=metrics, batch_size=batch_size,
-                                  reference=reference).cases
-            advance(len(chunk))
-    editor.prepare()
-    scored = []
-    for chunk in bar(chunks, f"{editor.method_name}: edit, score, revert", enabled=progress):
-        delta = editor.edit(chunk)
-        try:
-            scored += evaluate_cases(model, tok, chunk, metrics=metrics, batch_size=batch_size,
-                                     reference=reference).cases
-        finally:
-            delta.revert(model)
+    pre = [] if log is None or log.pre is None else log.pre
+    if not pre:  # the unedited model, in chunks of 16 records; the progress line counts records
+        with progress_bar("the unedited model: score (records)", len(cases), progress) as advance:
+            for i in range(0, len(cases), 16):
+                chunk = list(cases[i: i + 16])
+                pre += evaluate_cases(model, tok, chunk, metrics=metrics, batch_size=batch_size,
+                                      reference=reference).cases
+                advance(len(chunk))
+        if log is not None:
+            log.add_pre(pre)
+    done = {} if log is None else log.edits
+    todo = [i for i in range(len(chunks)) if i not in done]
+    if todo:
+        editor.prepare()
+    with progress_bar(f"{editor.method_name}: edit, score, revert", len(chunks), progress,
+                      completed=len(chunks) - len(todo)) as advance:
+        for i in todo:
+            delta = editor.edit(chunks[i])
+            try:
+                done[i] = evaluate_cases(model, tok, chunks[i], metrics=metrics, batch_size=batch_size,
+                                         reference=reference).cases
+            finally:
+                delta.revert(model)
+            if log is not None:
+                log.add_edit(i, done[i])
+            advance()
+    scored = [s for i in range(len(chunks)) for s in done[i]]
     post = CounterFactResult(scored)
     return {"method": editor.method_name, "n": len(cases), "batch": batch, "pre": CounterFactResult(pre).summary(),
             "post": post.summary(), "cases": [c.to_dict() for c in scored]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -56,6 +57,10 @@ def eval_command(
     metrics: Annotated[str | None, typer.Option(
         help="Comma-separated per-edit metrics to score (default: all; e.g. efficacy,paraphrase,neighborhood "
              "leaves out the sampled generations, the slow part on a real model).")] = None,
+    save: Annotated[Path | None, typer.Option(
+        help="With --method: keep each edit's scores in this file as they are measured; the same command run "
+             "again continues after the last saved edit (a file of another model, records or settings is "
+             "refused).")] = None,
 ) -> None:
     """Efficacy, paraphrase and neighborhood scores of MODEL on the records in DATA.
 
@@ -67,6 +72,11 @@ def eval_command(
     from editscale.names import load_model
 
     chosen = parse_metrics(metrics)
+    if save is not None and method is None:
+        from editscale.errors import ConfigError
+
+        raise ConfigError("--save keeps the scores of edits: give --method (the unedited model's scores take "
+                          "one pass and need no saving)")
     cases = load_edit_cases(method, data, limit, skip_invalid)  # without MEND's training records
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
     if method is not None:
@@ -74,7 +84,7 @@ def eval_command(
         from editscale.cli.edit import make_editor
 
         editor = make_editor(lm, tok, method, hparams, set_, corpus, stats_dir, seed)
-        result = evaluate_edits(editor, cases, batch=batch, batch_size=batch_size, metrics=chosen)
+        result = evaluate_edits(editor, cases, batch=batch, batch_size=batch_size, metrics=chosen, save=save)
         if json_out:  # with the resolved hyperparameters: a saved result says what produced it
             print_json({**{k: result[k] for k in ("method", "n", "pre", "post")}, "batch": batch,
                         "hparams": editor.hparams.model_dump(mode="json")})
