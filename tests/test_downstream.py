@@ -332,6 +332,27 @@ def test_shared_prefix_path_matches_full_scoring(tok, family, monkeypatch):
     assert not torch.allclose(again, got)
 
 
+def test_a_forward_without_mask_support_falls_back_on_a_fresh_cache(tok):
+    """The last-position logits come through a logits_to_keep mask; a transformers version that fails on it
+    (after its layers appended to the key/value cache) is retried on a fresh copy of the shared prefix's cache."""
+    model = tiny_lm(len(tok), "llama")
+    task = synthetic_sst2(7)
+    forward, failed = model.forward, []
+
+    def without_masks(*args, **kwargs):
+        out = forward(*args, **kwargs)  # the cache is extended before the head fails
+        if torch.is_tensor(kwargs.get("logits_to_keep")):
+            failed.append(1)
+            raise IndexError("too many indices for tensor")
+        return out
+
+    model.forward = without_masks
+    got = DownstreamSuite([task], tok, batch_size=3).label_logprobs(model)["sst2"]
+    model.forward = forward
+    assert len(failed) == 3  # every batch tried the mask first
+    torch.testing.assert_close(got, reference_logprobs(model, tok, task), atol=1e-5, rtol=1e-5)
+
+
 def test_multi_token_label_words_fall_back_to_continuations(tok):
     model = tiny_lm(len(tok))
     fmt = TaskFormat("odd", SST2_FORMAT.block, (" zqxj", " vwkq"), separator="\n\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from editscale.data.downstream import GLUE_TASKS, FewShotTask, glue_task, skill_
 from editscale.errors import ConfigError
 from editscale.eval.lengths import context_limit
 from editscale.eval.panel import PROBE_TASKS, prepare_probe
-from editscale.eval.scoring import score_continuations
+from editscale.eval.scoring import last_logits_only, logits_at, score_continuations
 from editscale.model.compat import cache_kwargs, output_cache
 from editscale.model.loading import model_device
 from editscale.model.tokens import encode, ensure_pad_token, pad_batch, target_ids
@@ -94,6 +95,15 @@ def _prepare(task: FewShotTask, tokenizer) -> _Prepared:
     return _Prepared(task, prompts, prompt_ids, tuple(ex.label for ex in task.examples), prefix, label_ids, longest)
 
 
+def _batch_inputs(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, cache, rows: int) -> dict:
+    """A batch's forward inputs after the shared prefix: a fresh copy of its key/value cache, one per row."""
+    if cache is None:
+        return {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(rows)
+    return {"input_ids": input_ids, "attention_mask": mask, **cache_kwargs(model, past)}
+
+
 class DownstreamSuite:
     """Few-shot tasks tokenized once for one tokenizer, then evaluated on any model that uses it, as often as
     needed (``prepare_suite`` builds one from task names).
@@ -152,21 +162,18 @@ class DownstreamSuite:
         cache = None
         if p_len:
             prefix = torch.tensor([prep.prompt_ids[0][:p_len]], device=device)
-            cache = output_cache(model(input_ids=prefix, **cache_kwargs(model, None)))
+            cache = output_cache(model(input_ids=prefix, **cache_kwargs(model, None), **last_logits_only(model)))
         out = torch.empty(n, prep.label_ids.shape[1])
         order = sorted(range(n), key=lambda i: len(prep.prompt_ids[i]))  # similar lengths pad little
         with progress_bar(f"downstream {prep.task.name}", n, enabled=progress) as advance:
             for start in range(0, n, self.batch_size):
                 idx = order[start: start + self.batch_size]
                 batch = pad_batch([prep.prompt_ids[i][p_len:] for i in idx], self.tokenizer.pad_token_id, device)
-                mask, past = batch.attention_mask, None
+                mask = batch.attention_mask
                 if cache is not None:
-                    past = copy.deepcopy(cache)
-                    past.batch_repeat_interleave(len(idx))
                     mask = torch.cat([mask.new_ones(len(idx), p_len), mask], dim=1)
-                kwargs = cache_kwargs(model, past) if past is not None else {"use_cache": False}
-                logits = model(input_ids=batch.input_ids, attention_mask=mask, **kwargs).logits
-                last = logits[torch.arange(len(idx), device=device), batch.lengths - 1].float()
+                inputs = partial(_batch_inputs, model, batch.input_ids, mask, cache, len(idx))
+                last = logits_at(model, inputs, torch.arange(len(idx), device=device), batch.lengths - 1).float()
                 lp = torch.log_softmax(last, dim=-1).gather(1, prep.label_ids[idx].to(device))
                 out[torch.tensor(idx)] = lp.cpu()
                 advance(len(idx))

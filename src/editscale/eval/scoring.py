@@ -11,8 +11,9 @@ import inspect
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,27 +56,37 @@ def _takes_logits_to_keep(model: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(type(model).forward).parameters
 
 
-def logits_at(model: nn.Module, inputs: dict[str, torch.Tensor], rows: torch.Tensor,
+def last_logits_only(model: nn.Module) -> dict[str, int]:
+    """Keyword arguments that ask the model's forward for the last position's logits only, where it takes them
+    (a forward that only fills a key/value cache, or whose last logits are all that is read)."""
+    return {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+
+
+def logits_at(model: nn.Module, inputs: dict[str, torch.Tensor] | Callable[[], dict[str, Any]], rows: torch.Tensor,
               cols: torch.Tensor) -> torch.Tensor:
     """(N, vocab) logits at token positions (rows[i], cols[i]) of one forward pass over ``inputs``.
 
     The LM head is applied only at those positions where the model's forward takes a boolean
     ``logits_to_keep`` mask (transformers 5), so the logits are still the model's own: its final norm, head and
-    any logit scaling or soft-capping (Gemma). Otherwise the full logits are computed and selected.
+    any logit scaling or soft-capping (Gemma). Otherwise the full logits are computed and selected. ``inputs``
+    may be a function that builds them: it is called once for each forward pass, so inputs that a forward
+    changes (a key/value cache it appends to) are fresh for the fallback.
     """
+    make = inputs if callable(inputs) else (lambda: inputs)
     if _takes_logits_to_keep(model) and len(rows):
-        width = inputs["input_ids"].shape[1]
+        first = make()
+        width = first["input_ids"].shape[1]
         flat = rows * width + cols
         kept, back = torch.unique(flat, sorted=True, return_inverse=True)  # the mask yields row-major order
-        mask = torch.zeros(inputs["input_ids"].shape, dtype=torch.bool, device=rows.device)
+        mask = torch.zeros(first["input_ids"].shape, dtype=torch.bool, device=rows.device)
         mask.view(-1)[kept] = True
         try:
-            logits = model(**inputs, logits_to_keep=mask).logits
+            logits = model(**first, logits_to_keep=mask).logits
         except (IndexError, RuntimeError, TypeError):  # a transformers version without mask support
             logits = None
         if logits is not None and logits.ndim == 2 and logits.shape[0] == len(kept):
             return logits[back]
-    return model(**inputs).logits[rows, cols]
+    return model(**make()).logits[rows, cols]
 
 
 @torch.no_grad()
@@ -179,7 +190,8 @@ def generate_ids(
     for _ in range(max(limit, default=0)):
         if all(done) or max(len(s) for s in seqs) >= max_pos:
             break
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache))
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache),
+                    **last_logits_only(model))
         cache = output_cache(out)
         nxt = top_k_sample(out.logits[:, -1], top_k, gen)
         for i, t in enumerate(nxt.tolist()):
