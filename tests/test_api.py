@@ -200,6 +200,12 @@ def test_cli_eval_save_needs_a_method(model_dir, tmp_path, cli):
     assert code == 2 and err.strip() == ("error: --save keeps the scores of edits: give --method (the unedited "
                                          "model's scores take one pass and need no saving)")
     assert not (tmp_path / "s.jsonl").exists()
+    (tmp_path / "afile").write_text("")
+    for where, message in [(tmp_path / "afile" / "s.jsonl", "is a file, not a directory"),
+                           (tmp_path, "is a directory; name a file")]:
+        code, _, err = cli("eval", "--model", str(model_dir), "--data", str(data), "--method", "rome",
+                           "--save", str(where))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
 def test_cli_edit_errors(model_dir, cli):

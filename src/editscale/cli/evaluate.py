@@ -77,6 +77,10 @@ def eval_command(
 
         raise ConfigError("--save keeps the scores of edits: give --method (the unedited model's scores take "
                           "one pass and need no saving)")
+    if save is not None:  # before the model loads: a place that cannot hold the file is one line, not a traceback
+        from editscale.experiment.score_log import check_save_file
+
+        check_save_file(save)
     cases = load_edit_cases(method, data, limit, skip_invalid)  # without MEND's training records
     lm, tok, _ = load_model(model, dtype=dtype, device=device)
     if method is not None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from editscale.cache import check_writable, refuse_inside_cache
 from editscale.data.records import EditCase
 from editscale.errors import ConfigError, DataLoadError
 from editscale.eval.counterfact import CaseScores
@@ -32,6 +33,16 @@ def cases_digest(cases: Sequence[EditCase]) -> str:
     for case in cases:
         h.update(json.dumps(dataclasses.asdict(case), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def check_save_file(path: Path) -> None:
+    """One-line errors, before any work, for a ``--save`` file that cannot be kept: a directory, inside
+    editscale's cache, under a file, or on storage that cannot be written or is full."""
+    path = Path(path).expanduser()
+    refuse_inside_cache(path, "--save")
+    if path.is_dir():
+        raise ConfigError(f"--save {path} is a directory; name a file")
+    check_writable(path, "--save")
 
 
 def _scores(rows: Any, where: str) -> list[CaseScores]:
@@ -49,8 +60,7 @@ class ScoreLog:
         self.key = json.loads(json.dumps(key, sort_keys=True))  # as it reads back from the file
         self.pre: list[CaseScores] | None = None
         self.edits: dict[int, list[CaseScores]] = {}
-        if self.path.is_dir():
-            raise ConfigError(f"--save {self.path} is a directory; name a file")
+        check_save_file(self.path)
         if self.path.is_file() and self.path.stat().st_size:
             self._read()
         else:
