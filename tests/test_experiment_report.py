@@ -122,3 +122,45 @@ def test_a_run_stored_as_running_that_no_process_holds_is_interrupted(tmp_path):
     assert run_status(tmp_path / "a", "running") == "interrupted"  # killed, or its store copied elsewhere
     with RunLock(tmp_path / "a"):
         assert run_status(tmp_path / "a", "running") == "running"
+
+
+def test_bounds_are_bracketed_by_the_measurements():
+    from editscale.report.limits import Bounds, limit_row
+    from editscale.report.plots import RunData
+
+    eff = np.ones(300)
+    eff[200:260] = 0.9  # the trailing 100 reach 0.95 at edit 250 (50 of them at 0.9) and drop below at 251
+    run = RunData(label="r", edit_idx=np.arange(1, 301, dtype=float), scores={"efficacy": eff},
+                  recheck_edits=np.arange(10, 301, 10, dtype=float),
+                  forgotten=np.where(np.arange(10, 301, 10) < 120, 0.04, 0.05), forgotten_prob=np.zeros(30),
+                  downstream={"perplexity": (np.array([0.0, 50, 100, 150]), np.array([30.0, 31.5, 31.6, 40.0])),
+                              "known-facts": (np.array([0.0, 50, 100]), np.array([1.0, 0.99, 0.98]))},
+                  distances={})
+    row = limit_row(run)
+    eff_h, forg_h, ppl_h, known_h = Bounds().headers()
+    assert (eff_h, forg_h, ppl_h, known_h) == ("efficacy >= 95% (last 100)", "forgotten < 5%", "perplexity <= +5%",
+                                               "known facts >= -2 points")
+    assert row[eff_h] == "crossed at 251 (held at 250)"
+    assert row[forg_h] == "crossed at 120 (held at 110)"
+    assert row[ppl_h] == "crossed at 100 (held at 50)"  # 31.5 is +5.0%, 31.6 beyond
+    assert row[known_h] == "held to 100"
+    short = RunData(label="s", edit_idx=np.arange(1, 51, dtype=float), scores={"efficacy": np.ones(50)},
+                    recheck_edits=np.array([10.0]), forgotten=np.array([0.2]), forgotten_prob=np.zeros(1),
+                    downstream={"sst2": (np.array([0.0, 50]), np.array([0.9, 0.9]))}, distances={})
+    row = limit_row(short)
+    assert row[eff_h] == "- (fewer than 100 edits)" and row[forg_h] == "crossed at 10"
+    assert row[ppl_h] == "-" and row[known_h] == "-"  # no panel measured before and after
+
+
+def test_the_report_and_its_markdown_show_the_bounds(tmp_path):
+    from editscale.report.html import summary_markdown
+
+    fake_run(tmp_path / "a", "rome", n=120)
+    html = write_report([tmp_path / "a"]).read_text()
+    assert "<h2>Bounds</h2>" in html and "<th>forgotten &lt; 5%</th>" in html
+    text = summary_markdown([tmp_path / "a"])
+    summary, lead, bounds = text.split("\n\n")
+    assert summary.startswith("| run |") and lead.startswith("Where each run first left the bounds")
+    assert bounds.splitlines()[0] == ("| run | efficacy >= 95% (last 100) | forgotten < 5% | perplexity <= +5% | "
+                                      "known facts >= -2 points |")
+    assert bounds.splitlines()[2].startswith("| rome | ")

@@ -59,7 +59,7 @@ def main() -> None:
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:
             sys.exit(out.stderr.strip())
-        table = "\n".join(line for line in out.stdout.splitlines() if line.startswith("|"))
+        table = "\n".join(line for line in out.stdout.splitlines() if not line.startswith("report: ")).strip()
         figures = HERE / args.page  # also holds what the page was made from (stores, result files): kept
         figures.mkdir(exist_ok=True)
         for old in figures.glob("*.png"):

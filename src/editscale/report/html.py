@@ -13,6 +13,7 @@ from editscale.eval.panel import KNOWN_FACTS, PERPLEXITY, primary_metric
 from editscale.experiment.rundir import check_free
 from editscale.experiment.store import DB_NAME, RunStore
 from editscale.experiment.summary import summarize
+from editscale.report.limits import limit_row
 from editscale.report.plots import RunData, load_run, write_plots
 
 _CAPTIONS = {
@@ -167,20 +168,31 @@ def default_report_dir(given: list[Path], runs: list[Path]) -> Path:
 MARKDOWN_SKIP = ("directory", "model")  # the table's columns a document leaves out (the page names them)
 
 
+def _loaded(run_dirs: list[Path]) -> list[tuple[Path, RunData]]:
+    dirs = [Path(d) for d in run_dirs]
+    return [(d, load_run(d, label)) for d, label in zip(dirs, _labels(dirs))]
+
+
 def summary_rows(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """The report's summary rows of these runs (labels made unique as the report makes them)."""
-    dirs = [Path(d) for d in run_dirs]
-    return [run_summary_row(d, load_run(d, label)) for d, label in zip(dirs, _labels(dirs))]
+    return [run_summary_row(d, run) for d, run in _loaded(run_dirs)]
 
 
-def summary_markdown(run_dirs: list[Path]) -> str:
-    """The report's summary table as Markdown: what ``editscale report --markdown`` prints."""
-    rows = summary_rows(run_dirs)
-    cols = [c for c in rows[0] if c not in MARKDOWN_SKIP and (c in HEADLINE[:2] or any(
-        str(r.get(c, "-")) not in ("-", "") for r in rows))]  # columns nothing was measured for are left out
+def _markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def summary_markdown(run_dirs: list[Path]) -> str:
+    """What ``editscale report --markdown`` prints: the report's summary table, then where each run first
+    crossed each bound (``report.limits``), as Markdown."""
+    loaded = _loaded(run_dirs)
+    rows = [run_summary_row(d, run) for d, run in loaded]
+    cols = [c for c in rows[0] if c not in MARKDOWN_SKIP and (c in HEADLINE[:2] or any(
+        str(r.get(c, "-")) not in ("-", "") for r in rows))]  # columns nothing was measured for are left out
+    limits = [limit_row(run) for _, run in loaded]
+    return f"{_markdown(rows, cols)}\n\n{LIMITS_LEAD}\n\n{_markdown(limits, list(limits[0]))}"
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
@@ -200,8 +212,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
     rows = [run_summary_row(d, run) for d, run in zip(dirs, runs)]
     flagged = {label: flagged_rows(d) for d, label in zip(dirs, labels)}
     downstream = [r for run in runs for r in downstream_rows(run)]
+    limits = [limit_row(run) for run in runs]
     page = out / "report.html"
-    page.write_text(_page(rows, images, flagged, downstream))
+    page.write_text(_page(rows, images, flagged, downstream, limits))
     return page
 
 
@@ -268,8 +281,14 @@ def _downstream_section(rows: list[dict[str, str]]) -> str:
             "task the unedited model is at chance on cannot show lost ability.</p>" + _table(rows))
 
 
+LIMITS_LEAD = ("Where each run first left the bounds of editing without damage (efficacy over the trailing 100 "
+               "edits, the paper's forgetting at each re-check, the panel's perplexity and known facts against the "
+               "unedited model's): \"crossed at N (held at M)\" brackets the crossing by the measurements around "
+               "it, \"held to N\" is the last measurement, all within the bound.")
+
+
 def _page(rows: list[dict[str, Any]], images: list[Path], flagged: dict[str, list[tuple[int, str, str]]],
-          downstream: list[dict[str, str]]) -> str:
+          downstream: list[dict[str, str]], limits: list[dict[str, str]]) -> str:
     figures = "".join(
         f'<figure><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
         f"<figcaption>{html.escape(_CAPTIONS.get(p.name, ''))}</figcaption></figure>" for p in images)
@@ -302,6 +321,8 @@ of the summed squared Frobenius norms over their summed elements); "method s / e
 time per edit (no scoring, re-checks or downstream). Flagged edits are possible disabling edits (see the events
 table in each run's results.sqlite). A run's directory is its name's tooltip.</p>
 {_summary_table(rows, details=True)}
+<h2>Bounds</h2><p>{html.escape(LIMITS_LEAD)}</p>
+{_table(limits)}
 {_downstream_section(downstream)}
 {figures}
 {_flagged_section(flagged)}
