@@ -31,7 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("page")
     ap.add_argument("runs", nargs="*", type=Path)
-    ap.add_argument("--eval", action="append", type=Path, default=[], help="an `editscale eval --json` result")
+    ap.add_argument("--eval", action="append", default=[],
+                    help="an `editscale eval --json` result, or LABEL=FILE to name its row (default: the method)")
     ap.add_argument("--scaling", action="append", type=Path, default=[],
                     help="an `editscale scaling` output folder (several: a section each, named by the folder)")
     ap.add_argument("--figure", action="append", type=Path, default=[],
@@ -108,11 +109,13 @@ def _took(seconds: float) -> str:
 EVAL_COLUMNS = ("efficacy", "paraphrase", "neighborhood", "efficacy_correct")
 
 
-def eval_table(paths: list[Path]) -> str:
+def eval_table(paths: list[str]) -> str:
     """The single-edit protocol's table: per result, its post-edit scores (%); the unedited model's first."""
     import json
 
-    results = [json.loads(p.read_text()) for p in paths]
+    labelled = [str(p).split("=", 1) if "=" in str(p) else [None, str(p)] for p in paths]
+    results = [{**json.loads(Path(path).read_text()), **({"method": label} if label else {})}
+               for label, path in labelled]
     lines = ["| method | records per edit | n | " + " | ".join(EVAL_COLUMNS) + " |", "|" + "---|" * (3 + len(EVAL_COLUMNS))]
     pre = results[0]["pre"]
     lines.append(f"| unedited | - | {pre['n']} | " + " | ".join(_pct(pre.get(c)) for c in EVAL_COLUMNS) + " |")
