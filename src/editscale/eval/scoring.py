@@ -186,12 +186,12 @@ def generate_ids(
     batch = pad_batch(seqs, tokenizer.pad_token_id, device, left=True)
     ids, mask = batch.input_ids, batch.attention_mask
     positions = (mask.cumsum(1) - 1).clamp_min(0)
-    cache = None
+    cache, last_only = None, last_logits_only(model)
     for _ in range(max(limit, default=0)):
         if all(done) or max(len(s) for s in seqs) >= max_pos:
             break
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache),
-                    **last_logits_only(model))
+                    **last_only)
         cache = output_cache(out)
         nxt = top_k_sample(out.logits[:, -1], top_k, gen)
         for i, t in enumerate(nxt.tolist()):

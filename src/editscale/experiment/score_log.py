@@ -65,8 +65,12 @@ class ScoreLog:
             self._read()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_bytes(b"")
-            self._append({"format": FORMAT, "version": VERSION, "key": self.key})
+            self._start()
+
+    def _start(self) -> None:
+        """The file emptied down to its header line."""
+        self.path.write_bytes(b"")
+        self._append({"format": FORMAT, "version": VERSION, "key": self.key})
 
     def _read(self) -> None:
         data = self.path.read_bytes()
@@ -74,8 +78,7 @@ class ScoreLog:
         lines = data[:whole].split(b"\n")[:-1]
         damaged = f"{self.path} is damaged"
         if not lines:  # only a cut-short header: start again
-            self.path.write_bytes(b"")
-            self._append({"format": FORMAT, "version": VERSION, "key": self.key})
+            self._start()
             return
         try:
             rows = [json.loads(line) for line in lines]

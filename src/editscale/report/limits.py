@@ -60,12 +60,13 @@ def _efficacy(run: RunData, bounds: Bounds) -> str:
     return _first_failure(run.edit_idx[bounds.window - 1:], trailing, lambda v: v >= bounds.efficacy - 1e-12)
 
 
-def _panel(run: RunData, task: str, ok_against) -> str:
+def _panel(run: RunData, task: str, ok) -> str:
+    """``ok(value, unedited value)`` at each panel after the unedited model's."""
     series = run.downstream.get(task)
     if series is None or len(series[1]) < 2 or series[0][0] != 0:
         return "-"  # no unedited measurement to compare with
     n, v = series
-    return _first_failure(n[1:], v[1:], ok_against(v[0]))
+    return _first_failure(n[1:], v[1:], lambda x: ok(x, v[0]))
 
 
 def limit_row(run: RunData, bounds: Bounds = Bounds()) -> dict[str, str]:
@@ -76,6 +77,6 @@ def limit_row(run: RunData, bounds: Bounds = Bounds()) -> dict[str, str]:
         "run": run.label,
         eff_h: _efficacy(run, bounds),
         forg_h: _first_failure(run.recheck_edits, run.forgotten, lambda v: v < bounds.forgotten),
-        ppl_h: _panel(run, PERPLEXITY, lambda v0: lambda v: v <= v0 * (1 + bounds.perplexity) + 1e-12),
-        known_h: _panel(run, KNOWN_FACTS, lambda v0: lambda v: v >= v0 - bounds.known_facts - 1e-12),
+        ppl_h: _panel(run, PERPLEXITY, lambda v, v0: v <= v0 * (1 + bounds.perplexity) + 1e-12),
+        known_h: _panel(run, KNOWN_FACTS, lambda v, v0: v >= v0 - bounds.known_facts - 1e-12),
     }
