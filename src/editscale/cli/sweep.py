@@ -25,10 +25,10 @@ def sweep_command(
                                                         "even where Ray is installed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
-    """Run every cell of GRID (each an ordinary run directory under --out, with its own store and checkpoints).
+    r"""Run every cell of GRID (each an ordinary run directory under --out, with its own store and checkpoints).
 
     Cells are Ray tasks asking for their threads as CPUs (and GPUs where their device is cuda); without Ray
-    (pip install 'editscale[ray]') they run one after another here. Re-running skips complete cells and
+    (pip install 'editscale\[ray]') they run one after another here. Re-running skips complete cells and
     resumes interrupted ones; a crashed cell is retried from its last checkpoint. Progress lines on stderr:
     cells done / running (with their current edit) / failed. Exit status 1 when a cell failed.
     """
