@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import re
 
-import click
 import pytest
 import typer
 
 from editscale.cli import app
 
 
-def _commands() -> list[tuple[list[str], click.Command]]:
+def _commands() -> list[tuple[list[str], object]]:
     root = typer.main.get_command(app)
     out = []
     for name, cmd in root.commands.items():
-        subs = cmd.commands.items() if isinstance(cmd, click.Group) else [(None, cmd)]
+        subs = cmd.commands.items() if hasattr(cmd, "commands") else [(None, cmd)]
         out += [([name] + ([sub] if sub else []), c) for sub, c in subs]
     return out
 
