@@ -71,6 +71,24 @@ def test_report_downstream_table_flags_tasks_at_chance(tmp_path):
     assert "<h2>Downstream</h2>" in html and "at chance (MCC 0.05)" in html
 
 
+def test_report_tabulates_the_known_facts_margin_beside_retention(tmp_path):
+    """The known facts' mean margin follows their retention in the downstream table; runs recorded before
+    the margin existed have only the retention row."""
+    fake_run(tmp_path / "a", "rome")
+    fake_run(tmp_path / "old", "rome")
+    for name, results in (("a", [{"retention": 1.0, "margin": 1.5}, {"retention": 0.9, "margin": 1.2}]),
+                          ("old", [{"retention": 1.0}, {"retention": 0.9}])):
+        with RunStore.in_dir(tmp_path / name) as store:
+            for u, r in zip((20, 40), results):
+                store.record_downstream(u, u, {"known-facts": {**r, "n": 10}})
+    rows = [(r["task"], r["metric"], r["unedited"], r["last"], r["change"])
+            for r in downstream_rows(load_run(tmp_path / "a")) if r["task"] == "known-facts"]
+    assert rows == [("known-facts", "retention", "1.000 (20 edits)", "0.900 (40 edits)", "-0.100"),
+                    ("known-facts", "margin", "1.500 (20 edits)", "1.200 (40 edits)", "-0.300")]
+    assert [r["metric"] for r in downstream_rows(load_run(tmp_path / "old")) if r["task"] == "known-facts"] == [
+        "retention"]
+
+
 def test_report_cli_defaults_into_the_run(tmp_path):
     fake_run(tmp_path / "a", "rome", flagged=None)
     result = CliRunner().invoke(app, ["report", str(tmp_path / "a"), "--json"])

@@ -55,11 +55,14 @@ def test_panel_on_a_testbed_reads_its_own_world_and_grammar(tiny_testbed):
     panel = prepare_panel("perplexity,known-facts", model, tok, model_dir=tiny_testbed, n=40, seed=0)
     first = panel.evaluate(model)
     assert list(first) == ["perplexity", "known-facts"]
-    assert first["known-facts"] == {"retention": 1.0, "n": 40}  # chosen as the facts the model gets right
+    known = first["known-facts"]
+    assert known["retention"] == 1.0 and known["n"] == 40  # chosen as the facts the model gets right
+    assert known["margin"] > 0  # every fact right: every margin positive
     assert 1 < first["perplexity"]["perplexity"] < 50  # text of the grammar it was trained on
     _perturb(model, 1.0)
     after = panel.evaluate(model)
     assert after["known-facts"]["retention"] < 0.9 and after["perplexity"]["perplexity"] > first["perplexity"]["perplexity"]
+    assert after["known-facts"]["margin"] < known["margin"]
 
 
 def test_known_facts_from_known_1000_and_errors(tmp_path):
@@ -104,10 +107,14 @@ def test_runner_records_the_panel_and_the_report_draws_it(tmp_path):
     assert (page.parent / "downstream.png").is_file() and "perplexity" in page.read_text()
 
 
-def test_cli_downstream_runs_the_probes(tiny_testbed, cli):
+def test_cli_downstream_runs_the_probes(tiny_testbed, cli, monkeypatch):
     code, out, err = cli("downstream", "--model", str(tiny_testbed), "--tasks", "known-facts,perplexity", "--n", "20",
                          "--json")
     assert code == 0, err
     res = json.loads(out)
-    assert res["known-facts"]["retention"] == 1.0 and res["perplexity"]["perplexity"] > 1
+    assert res["known-facts"]["retention"] == 1.0 and res["known-facts"]["margin"] > 0
+    assert res["perplexity"]["perplexity"] > 1
+    monkeypatch.setenv("COLUMNS", "200")  # the table on one line a task
+    code, out, err = cli("downstream", "--model", str(tiny_testbed), "--tasks", "known-facts", "--n", "20")
+    assert code == 0 and "retention 1.000 (margin +" in out, err
     assert Path(tiny_testbed).is_dir()

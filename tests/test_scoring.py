@@ -105,7 +105,8 @@ def _soft_capped_model(vocab_size: int):
 @pytest.mark.parametrize("family", [*FAMILIES, "gemma2"])
 def test_scores_equal_a_plain_full_logits_computation(family):
     """``score_continuations`` runs the model on prompt + target[:-1] and applies the head only at the target
-    positions; scores must equal those from each sequence's full logits (also for a soft-capping head)."""
+    positions; scores (the margin too: the least right-token log-probability over the best other) must equal
+    those from each sequence's full logits (also for a soft-capping head)."""
     from editscale.model.tokens import continuation_ids, encode
 
     tok = bpe_tokenizer()
@@ -122,6 +123,11 @@ def test_scores_equal_a_plain_full_logits_computation(family):
         assert got.logprob[i].item() == pytest.approx(lp.sum().item(), abs=1e-5)
         assert got.n_tokens[i].item() == len(t_ids)
         assert got.all_argmax[i].item() == bool((at.argmax(-1) == torch.tensor(t_ids)).all())
+        full_lp = torch.log_softmax(at, -1)
+        rival = full_lp.clone()
+        rival[torch.arange(len(t_ids)), torch.tensor(t_ids)] = -torch.inf
+        assert got.margin[i].item() == pytest.approx((lp - rival.max(-1).values).min().item(), abs=1e-5)
+        assert (got.margin[i].item() > 0) == got.all_argmax[i].item()
     if family == "gemma2":  # the cap matters: the bare head's logits exceed it, the ones scored do not
         from editscale.eval.scoring import logits_at
 

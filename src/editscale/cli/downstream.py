@@ -64,6 +64,7 @@ def _print_table(title: str, results: dict[str, dict[str, float]]) -> None:
         table.add_column(col, justify="right")
     for name, r in results.items():
         metric = primary_metric(name)
-        table.add_row(name, str(r["n"]), f"{metric.replace('f1', 'F1')} {r[metric]:.3f}",
+        score = f"{metric.replace('f1', 'F1')} {r[metric]:.3f}" + (f" (margin {r['margin']:+.2f})" if "margin" in r else "")
+        table.add_row(name, str(r["n"]), score,
                       f"{r['accuracy']:.3f}" if "accuracy" in r else "", f"{r['mcc']:+.3f}" if "mcc" in r else "")
     Console().print(table)

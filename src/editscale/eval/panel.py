@@ -10,11 +10,13 @@ ability):
   generic sentences of its own grammar drawn with a seed its training never used.
 - ``known-facts``: of a fixed set of facts the unedited model gets right (every token of the object the argmax
   after the prompt, teacher forced, as the scale paper's ``rewrite_prompts_correct``), the share it still gets
-  right. For a real model the facts are ROME's ``known_1000``; for a testbed model its world's facts.
+  right, and their mean margin (how far from flipping: a share lost with the mean margin held is near-ties
+  flipping, one with it falling is every fact weakening). For a real model the facts are ROME's
+  ``known_1000``; for a testbed model its world's facts.
 
 Both are prepared once, on the unedited model (the known facts are chosen then), and then evaluated as often as
 the runner asks, like a ``DownstreamSuite``. A probe's result is ``{metric: value, "n": count}``;
-``PRIMARY_METRIC`` names the metric the report draws for each task.
+``PRIMARY_METRIC`` names the metric the report draws for each task, ``SECONDARY_METRIC`` one it also tabulates.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ PERPLEXITY, KNOWN_FACTS = "perplexity", "known-facts"
 PROBE_TASKS: tuple[str, ...] = (PERPLEXITY, KNOWN_FACTS)
 # the metric each task is drawn and summarised by; "higher is better" except perplexity
 PRIMARY_METRIC: dict[str, str] = {PERPLEXITY: "perplexity", KNOWN_FACTS: "retention"}
+SECONDARY_METRIC: dict[str, str] = {KNOWN_FACTS: "margin"}  # shown beside the primary in the report's table
 LOWER_IS_BETTER = frozenset({"perplexity"})
 
 # where a data directory holds each source (the layout `editscale data fetch` writes and ../data mirrors)
@@ -136,8 +139,13 @@ class KnownFactsProbe:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        right = self.right(model)
-        return {"retention": sum(right) / len(right), "n": len(right)}
+        """``retention``, the share still right, and ``margin``, the facts' mean margin (nats; each fact's least
+        log-probability of a right token over the best other): whether facts are lost as near-ties flip under
+        small changes (the mean holds) or as every fact weakens (it falls)."""
+        scores = score_continuations(model, self.tokenizer, [p for p, _ in self.facts], [o for _, o in self.facts],
+                                     batch_size=self.batch_size)
+        right = scores.all_argmax.tolist()
+        return {"retention": sum(right) / len(right), "margin": scores.margin.mean().item(), "n": len(right)}
 
 
 # --------------------------------------------------------------------------------------------------------

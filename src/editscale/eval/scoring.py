@@ -27,12 +27,15 @@ from editscale.model.tokens import continuation_ids, encode, ensure_pad_token, p
 @dataclass
 class ContinuationScores:
     """Per (prompt, target) pair: summed log-probability, token count, and whether every target token was
-    the model's argmax (teacher-forced) plus the fraction of tokens that were."""
+    the model's argmax (teacher-forced) plus the fraction of tokens that were, and by how much: the margin."""
 
     logprob: torch.Tensor  # (N,) sum over target tokens, natural log
     n_tokens: torch.Tensor  # (N,)
     all_argmax: torch.Tensor  # (N,) bool
     token_accuracy: torch.Tensor  # (N,) fraction of target tokens that are the argmax
+    # (N,) over the target tokens, the least log-probability of the right token minus the largest of any other
+    # (nats): > 0 exactly where all_argmax (barring ties), and how far a pair is from flipping
+    margin: torch.Tensor
 
     @property
     def mean_nll(self) -> torch.Tensor:
@@ -49,7 +52,8 @@ class ContinuationScores:
 
     def __getitem__(self, sl: slice) -> ContinuationScores:
         """The scores of a contiguous range of pairs."""
-        return ContinuationScores(self.logprob[sl], self.n_tokens[sl], self.all_argmax[sl], self.token_accuracy[sl])
+        return ContinuationScores(self.logprob[sl], self.n_tokens[sl], self.all_argmax[sl], self.token_accuracy[sl],
+                                  self.margin[sl])
 
 
 def _takes_logits_to_keep(model: nn.Module) -> bool:
@@ -106,8 +110,9 @@ def score_continuations(
     logprob = torch.zeros(n, dtype=torch.float64)
     n_tok = torch.zeros(n, dtype=torch.long)
     correct = torch.zeros(n, dtype=torch.long)
+    margin = torch.zeros(n, dtype=torch.float64)
     if n == 0:
-        return ContinuationScores(logprob, n_tok, torch.zeros(0, dtype=torch.bool), logprob.clone())
+        return ContinuationScores(logprob, n_tok, torch.zeros(0, dtype=torch.bool), logprob.clone(), margin)
     device = model_device(model)
     cache: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
     pairs = []
@@ -147,12 +152,15 @@ def score_continuations(
         tgt_t = torch.tensor(tgt, device=device)
         lp = lp_all.gather(1, tgt_t[:, None])[:, 0].double().cpu()
         hit = (sel.argmax(-1) == tgt_t).long().cpu()
+        rival = lp_all.scatter(1, tgt_t[:, None], -torch.inf).max(-1).values  # the best other token
+        gap = (lp_all.gather(1, tgt_t[:, None])[:, 0] - rival).double().cpu()
         own = torch.tensor(owner)
         idx_t = torch.tensor(idx)
         logprob[idx_t] = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, own, lp)
         n_tok[idx_t] = torch.zeros(len(idx), dtype=torch.long).index_add_(0, own, torch.ones_like(own))
         correct[idx_t] = torch.zeros(len(idx), dtype=torch.long).index_add_(0, own, hit)
-    return ContinuationScores(logprob, n_tok, correct == n_tok, correct.double() / n_tok.double())
+        margin[idx_t] = torch.full((len(idx),), torch.inf, dtype=torch.float64).scatter_reduce_(0, own, gap, "amin")
+    return ContinuationScores(logprob, n_tok, correct == n_tok, correct.double() / n_tok.double(), margin)
 
 
 @torch.no_grad()

@@ -120,15 +120,18 @@ def run_summary_row(run_dir: Path, run: RunData) -> dict[str, Any]:
 
 
 def downstream_rows(run: RunData) -> list[dict[str, str]]:
-    """Per task: its metric (F1; perplexity and retention for the probes) of the unedited model, at the last
-    evaluation, the change, and a note when the unedited model was at chance (its MCC below ``CHANCE_MCC``)."""
+    """Per task: its metric (F1; perplexity and retention for the probes, then the known facts' mean margin) of
+    the unedited model, at the last evaluation, the change, and a note when the unedited model was at chance (its
+    MCC below ``CHANCE_MCC``)."""
     out = []
-    for task, (n, y) in run.downstream.items():
+    series = [(task, primary_metric(task), n, y) for task, (n, y) in run.downstream.items()]
+    series += [(task, metric, n, y) for task, (metric, n, y) in run.secondary.items()]
+    for task, metric, n, y in sorted(series, key=lambda t: list(run.downstream).index(t[0])):
         if not len(y):
             continue
         n0, first, n1, last, mcc0 = int(n[0]), y[0], int(n[-1]), y[-1], run.unedited_mcc.get(task)
         out.append({
-            "run": run.label, "task": task, "metric": primary_metric(task),
+            "run": run.label, "task": task, "metric": metric,
             "unedited": _num(first) if n0 == 0 else f"{_num(first)} ({n0} edits)",
             "last": f"{_num(last)} ({n1} edits)",
             "change": "-" if math.isnan(first) or math.isnan(last) else f"{last - first:+.3f}",
@@ -277,8 +280,10 @@ def _downstream_section(rows: list[dict[str, str]]) -> str:
     if not rows:
         return ""
     return ("<h2>Downstream</h2><p>Each task's measure for the unedited model and at the last evaluation: few-shot "
-            "F1, perplexity on held-out text (lower is better), the share of known facts still right. A few-shot "
-            "task the unedited model is at chance on cannot show lost ability.</p>" + _table(rows))
+            "F1, perplexity on held-out text (lower is better), the share of known facts still right and their "
+            "mean margin (nats by which the right tokens beat the best other: facts lost while it holds are "
+            "near-ties flipping, facts lost as it falls are every fact weakening). A few-shot task the unedited "
+            "model is at chance on cannot show lost ability.</p>" + _table(rows))
 
 
 LIMITS_LEAD = ("Where each run first left the bounds of editing without damage (efficacy over the trailing 100 "

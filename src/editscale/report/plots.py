@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from editscale.eval.metrics import METRICS, Metric, metrics_at
-from editscale.eval.panel import LOWER_IS_BETTER, PRIMARY_METRIC, primary_metric
+from editscale.eval.panel import LOWER_IS_BETTER, PRIMARY_METRIC, SECONDARY_METRIC, primary_metric
 from editscale.experiment.store import RunStore
 
 WINDOWS = ((5, ":"), (50, "-"))
@@ -56,6 +56,8 @@ class RunData:
     layers: dict[str, int | None] = field(default_factory=dict)
     flagged: list[int] = field(default_factory=list)  # edit numbers of flagged updates
     unedited_mcc: dict[str, float] = field(default_factory=dict)  # task -> Matthews correlation before editing
+    # task -> (its SECONDARY_METRIC, n_edits, values): tabulated, not drawn (runs older than it have none)
+    secondary: dict[str, tuple[str, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
@@ -68,6 +70,10 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         for task, metric in PRIMARY_METRIC.items():  # the probes, drawn by their own metric
             down.update({t: v for t, v in store.downstream_series(metric).items() if t == task})
         mcc0 = store.downstream_at(0, "mcc")
+        second = {}
+        for task, metric in SECONDARY_METRIC.items():
+            if task in (by_task := store.downstream_series(metric)):
+                second[task] = (metric, by_task[task])
         dist: dict[str, dict[str, list[tuple[int, float]]]] = {}
         layers: dict[str, int | None] = {}
         for column in DISTANCES:
@@ -84,7 +90,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         recheck_edits=rc[:, 0], forgotten=rc[:, 1], forgotten_prob=rc[:, 2],
         downstream={t: pair(v) for t, v in down.items()},
         distances={c: {p: pair(v) for p, v in per.items()} for c, per in dist.items()},
-        layers=layers, flagged=flagged, unedited_mcc=mcc0)
+        layers=layers, flagged=flagged, unedited_mcc=mcc0,
+        secondary={t: (m, *pair(v)) for t, (m, v) in second.items()})
 
 
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
