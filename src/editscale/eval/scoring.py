@@ -152,8 +152,9 @@ def score_continuations(
         tgt_t = torch.tensor(tgt, device=device)
         lp = lp_all.gather(1, tgt_t[:, None])[:, 0].double().cpu()
         hit = (sel.argmax(-1) == tgt_t).long().cpu()
-        rival = lp_all.scatter(1, tgt_t[:, None], -torch.inf).max(-1).values  # the best other token
-        gap = (lp_all.gather(1, tgt_t[:, None])[:, 0] - rival).double().cpu()
+        best = lp_all.topk(2, dim=-1)  # the best other token: the runner-up where the target is the best
+        rival = torch.where(best.indices[:, 0] == tgt_t, best.values[:, 1], best.values[:, 0])
+        gap = lp - rival.double().cpu()
         own = torch.tensor(owner)
         idx_t = torch.tensor(idx)
         logprob[idx_t] = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, own, lp)
