@@ -8,7 +8,7 @@ Positions are given per batch row: ``positions[b]`` is the token index to read o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import nn
@@ -105,32 +105,26 @@ def run_until(model: nn.Module, **batch) -> None:
         pass
 
 
-@contextmanager
 def add_at(
     model: nn.Module,
     name: str,
     positions: torch.Tensor,
     vectors: torch.Tensor | Callable[[], torch.Tensor],
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """Add ``vectors[b]`` to the output of module ``name`` at token ``positions[b]`` of each row b.
 
     ``vectors`` may be a callable returning the (batch, dim) tensor, evaluated at each forward pass, so an
     optimizer can update it between passes. Gradients flow into the vectors.
     """
 
-    def hook(module, args, output):
-        h = _main(output)
+    def add(h: torch.Tensor) -> torch.Tensor:
         v = vectors() if callable(vectors) else vectors
-        rows = torch.arange(h.shape[0], device=h.device)
+        rows, cols = torch.arange(h.shape[0], device=h.device), positions.to(h.device)
         h = h.clone()
-        h[rows, positions.to(h.device)] = h[rows, positions.to(h.device)] + v.to(device=h.device, dtype=h.dtype)
-        return _replace_main(output, h)
+        h[rows, cols] = h[rows, cols] + v.to(device=h.device, dtype=h.dtype)
+        return h
 
-    handle = model.get_submodule(name).register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return edit_output(model, name, add)
 
 
 @contextmanager
