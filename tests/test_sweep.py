@@ -170,6 +170,24 @@ def test_local_sweep_retries_a_crashed_cell_from_its_checkpoint_and_reruns_skip(
         run_sweep(other, out, backend="local", say=None)
 
 
+def test_sweep_runs_only_the_cells_named(grid_file, reference, tmp_path, cli):
+    """--cells runs the cells named (the manifest lists the whole grid); a later sweep runs the rest; an
+    unknown name is one line naming the grid's cells, before anything runs."""
+    out = tmp_path / "sweep"
+    code, _, err = cli("sweep", grid_file, "--out", out, "--local", "--cells", "rome_seed-1")
+    assert code == 0 and "cells: 1/1 done" in err, err
+    assert {s.name: s.state for s in sweep_status(out)} == {"rome_seed-0": "pending", "rome_seed-1": "done",
+                                                           "ft-l_seed-0": "pending", "ft-l_seed-1": "pending"}
+    assert [c["name"] for c in read_manifest(out)["cells"]] == CELLS
+    assert dump(out / "rome_seed-1") == reference["rome_seed-1"]
+    code, _, err = cli("sweep", grid_file, "--out", out, "--local", "--cells", "rom_seed-1")
+    assert code == 2 and err.strip() == (f"error: no cell 'rom_seed-1' in {grid_file}; its cells: rome_seed-0, "
+                                         "rome_seed-1, ft-l_seed-0, ft-l_seed-1"), err
+    code, _, err = cli("sweep", grid_file, "--out", out, "--local")
+    assert code == 0 and "1 of 4 cells are complete; 0 to resume, 3 to start" in err, err
+    assert dumps(out) == reference
+
+
 def test_status_line():
     from editscale.experiment.sweep_status import CellStatus
 

@@ -23,6 +23,10 @@ def sweep_command(
                                                      help="At most this many cells at once.")] = None,
     local: Annotated[bool, typer.Option("--local", help="Run the cells one after another in this process, "
                                                         "even where Ray is installed.")] = False,
+    cells: Annotated[str | None, typer.Option(
+        "--cells", help="Run only these cells (comma-separated names, as the cell directories are named), e.g. to "
+                        "give a machine's cores to the cells wanted first; a later sweep without it runs the "
+                        "rest.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     r"""Run every cell of GRID (each an ordinary run directory under --out, with its own store and checkpoints).
@@ -35,7 +39,9 @@ def sweep_command(
     from editscale.experiment.sweep import load_grid, run_sweep
 
     g = load_grid(grid)  # every cell validated before anything runs
-    result = run_sweep(g, out, address=address, max_parallel=max_parallel, backend="local" if local else "auto")
+    names = None if cells is None else [c.strip() for c in cells.split(",") if c.strip()]
+    result = run_sweep(g, out, address=address, max_parallel=max_parallel, backend="local" if local else "auto",
+                       cells=names)
     rows = [{"cell": s.name, "state": s.state, "edits": s.edits, "of": s.total, "error": s.error}
             for s in result.statuses]
     if json_out:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -92,8 +92,11 @@ def _say(message: str) -> None:
 def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: str | None = None,
               max_parallel: int | None = None, backend: Backend = "auto", ray_init: dict[str, Any] | None = None,
               progress: bool | None = None, say: Callable[[str], None] | None = _say,
-              poll_seconds: float = 5.0) -> SweepResult:
+              poll_seconds: float = 5.0, cells: Sequence[str] | None = None) -> SweepResult:
     """Run every cell of ``grid`` into ``out_dir/CELL``: complete cells are skipped, interrupted ones resumed.
+
+    ``cells`` names the cells to run (all by default), for putting a machine's cores where they are wanted
+    first: the manifest still lists the whole grid, and a later sweep without it runs the rest.
 
     ``backend``: ``ray`` (Ray tasks; ``ray.init(address)``, or a local Ray with ``ray_init`` arguments), ``local``
     (one after another in this process) or ``auto`` (Ray where installed). ``max_parallel`` caps the cells
@@ -102,6 +105,7 @@ def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: s
     from editscale.cache import check_writable, refuse_inside_cache
 
     g = grid if isinstance(grid, Grid) else parse_grid(grid) if isinstance(grid, dict) else load_grid(grid)
+    chosen = g.cells if cells is None else select_cells(g, cells)
     if max_parallel is not None and max_parallel < 1:
         raise ConfigError("--max-parallel must be at least 1")
     if backend == "auto":
@@ -123,15 +127,16 @@ def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: s
                     "created": old.get("created", datetime.now(UTC).isoformat(timespec="seconds")),
                     "cells": [c.manifest() for c in g.cells], "failures": {}}
         _write_manifest(out, manifest)
-        todo = [c for c in g.cells if states[c.name] != "complete"]
-        if any(states[c.name] != "new" for c in g.cells):
-            say(f"{len(g.cells) - len(todo)} of {len(g.cells)} cells are complete; "
+        todo = [c for c in chosen if states[c.name] != "complete"]
+        if any(states[c.name] != "new" for c in chosen):
+            say(f"{len(chosen) - len(todo)} of {len(chosen)} cells are complete; "
                 f"{sum(states[c.name] == 'resume' for c in todo)} to resume, "
                 f"{sum(states[c.name] == 'new' for c in todo)} to start")
         failures: dict[str, str] = {}
         if todo:
             if backend == "ray":
-                failures = _run_ray(g, todo, out, address, max_parallel, ray_init, say, poll_seconds)
+                shown = replace(g, cells=chosen)  # the progress line counts the cells asked for
+                failures = _run_ray(shown, todo, out, address, max_parallel, ray_init, say, poll_seconds)
             else:
                 if not ray_available():
                     say(f"Ray is not installed: running the {len(todo)} cells one after another in this process "
@@ -139,9 +144,19 @@ def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: s
                 failures = _run_local(g, todo, out, progress, say)
         manifest["failures"] = failures
         _write_manifest(out, manifest)
-        statuses = [cell_status(out, c.name, c.config.edits, failures) for c in g.cells]
+        statuses = [cell_status(out, c.name, c.config.edits, failures) for c in chosen]
         say(status_line(statuses))
     return SweepResult(out, backend, statuses)
+
+
+def select_cells(g: Grid, names: Sequence[str]) -> list[Cell]:
+    """The grid's cells of these names, in the grid's order; an unknown name is a one-line ``ConfigError``
+    listing the cells there are."""
+    unknown = [n for n in names if n not in {c.name for c in g.cells}]
+    if unknown or not names:
+        raise ConfigError(f"no cell {', '.join(map(repr, unknown)) or 'named'} in {g.source}; its cells: "
+                          f"{', '.join(c.name for c in g.cells)}")
+    return [c for c in g.cells if c.name in set(names)]
 
 
 def _run_local(g: Grid, todo: list[Cell], out: Path, progress: bool | None,
