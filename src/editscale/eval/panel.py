@@ -132,18 +132,18 @@ class KnownFactsProbe:
 
     def right(self, model: nn.Module, facts: Sequence[tuple[str, str]] | None = None) -> list[bool]:
         """Per fact (the probe's own by default), whether the model gets it right now."""
-        facts = self.facts if facts is None else facts
-        scores = score_continuations(model, self.tokenizer, [p for p, _ in facts], [o for _, o in facts],
-                                     batch_size=self.batch_size)
-        return scores.all_argmax.tolist()
+        return self._scores(model, self.facts if facts is None else facts).all_argmax.tolist()
+
+    def _scores(self, model: nn.Module, facts: Sequence[tuple[str, str]]):
+        return score_continuations(model, self.tokenizer, [p for p, _ in facts], [o for _, o in facts],
+                                   batch_size=self.batch_size)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """``retention``, the share still right, and ``margin``, the facts' mean margin (nats; each fact's least
         log-probability of a right token over the best other): whether facts are lost as near-ties flip under
         small changes (the mean holds) or as every fact weakens (it falls)."""
-        scores = score_continuations(model, self.tokenizer, [p for p, _ in self.facts], [o for _, o in self.facts],
-                                     batch_size=self.batch_size)
+        scores = self._scores(model, self.facts)
         right = scores.all_argmax.tolist()
         return {"retention": sum(right) / len(right), "margin": scores.margin.mean().item(), "n": len(right)}
 

@@ -124,9 +124,12 @@ def downstream_rows(run: RunData) -> list[dict[str, str]]:
     the unedited model, at the last evaluation, the change, and a note when the unedited model was at chance (its
     MCC below ``CHANCE_MCC``)."""
     out = []
-    series = [(task, primary_metric(task), n, y) for task, (n, y) in run.downstream.items()]
-    series += [(task, metric, n, y) for task, (metric, n, y) in run.secondary.items()]
-    for task, metric, n, y in sorted(series, key=lambda t: list(run.downstream).index(t[0])):
+    series = []
+    for task, (n, y) in run.downstream.items():  # each task's primary metric, then its secondary one
+        series.append((task, primary_metric(task), n, y))
+        if task in run.secondary:
+            series.append((task, *run.secondary[task]))
+    for task, metric, n, y in series:
         if not len(y):
             continue
         n0, first, n1, last, mcc0 = int(n[0]), y[0], int(n[-1]), y[-1], run.unedited_mcc.get(task)
