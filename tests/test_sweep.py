@@ -188,6 +188,36 @@ def test_sweep_runs_only_the_cells_named(grid_file, reference, tmp_path, cli):
     assert dumps(out) == reference
 
 
+def test_two_sweeps_share_an_out_dir(grid_file, reference, tmp_path, monkeypatch, cli):
+    """Two sweeps of one grid on one --out at once, each with its cells (a core each): the second starts while
+    the first runs a cell, skips that cell as running elsewhere (not failed, exit 0) and runs its other one;
+    each sweep records its own cells' failures and keeps the other's."""
+    from editscale.experiment import runner
+
+    out = tmp_path / "sweep"
+    step, second = runner._Run.step, []
+
+    def start_a_second_sweep(self, u):
+        if u == 3 and self.cfg.method.name == "rome" and self.cfg.seed == 1 and not second:
+            second.append(cli("sweep", grid_file, "--out", out, "--local", "--cells", "rome_seed-1,ft-l_seed-0"))
+            manifest = read_manifest(out)
+            manifest["failures"] = {"ft-l_seed-1": "RuntimeError: an earlier sweep's"}
+            (out / SWEEP_FILE).write_text(json.dumps(manifest))
+        return step(self, u)
+
+    monkeypatch.setattr(runner._Run, "step", start_a_second_sweep)
+    first = run_sweep(grid_file, out, backend="local", progress=False, say=None, cells=["rome_seed-1"])
+    assert [(s.name, s.state) for s in first.statuses] == [("rome_seed-1", "done")]
+    code, _, err = second[0]
+    assert code == 0, err
+    assert f"cell rome_seed-1 skipped: {out / 'rome_seed-1'} is in use by another editscale process" in err
+    assert "cells: 1/2 done, 1 running (rome_seed-1 at edit 2/6)" in err
+    assert "1 cell(s) are running in another process: rome_seed-1" in err and "did not finish" not in err
+    assert read_manifest(out)["failures"] == {"ft-l_seed-1": "RuntimeError: an earlier sweep's"}
+    assert {c: dump(out / c) for c in ("rome_seed-1", "ft-l_seed-0")} == {
+        c: reference[c] for c in ("rome_seed-1", "ft-l_seed-0")}
+
+
 def test_status_line():
     from editscale.experiment.sweep_status import CellStatus
 

@@ -34,7 +34,8 @@ def sweep_command(
     Cells are Ray tasks asking for their threads as CPUs (and GPUs where their device is cuda); without Ray
     (pip install 'editscale\[ray]') they run one after another here. Re-running skips complete cells and
     resumes interrupted ones; a crashed cell is retried from its last checkpoint. Progress lines on stderr:
-    cells done / running (with their current edit) / failed. Exit status 1 when a cell failed.
+    cells done / running (with their current edit) / failed. Exit status 1 when a cell failed. Sweeps may
+    share --out (say two with --cells, a core each): a cell another process is running is skipped, not failed.
     """
     from editscale.experiment.sweep import load_grid, run_sweep
 
@@ -57,6 +58,9 @@ def sweep_command(
             table.add_row(r["cell"], r["state"], f"{r['edits']}/{r['of']}", r["error"] or "")
         Console().print(table)
         print(f"results: {out}; plots: editscale report {out}")
+    if result.elsewhere:
+        print(f"{len(result.elsewhere)} cell(s) are running in another process: "
+              f"{', '.join(s.name for s in result.elsewhere)}", file=sys.stderr)
     if result.failed:
         print(f"{len(result.failed)} cell(s) did not finish; run the same command again to resume them",
               file=sys.stderr)

@@ -6,10 +6,12 @@ config before anything runs.
 Cell directories are named from the cell's values (``rome_seed-0``); ``sweep.json`` in ``out_dir`` holds the
 grid and the cells (``editscale report out_dir`` reads it). Re-running a sweep skips complete cells and resumes
 interrupted ones from their last checkpoint (``rundir.run_state``); a cell of another config under a cell's name
-is refused before anything runs. One sweep process at a time per ``out_dir`` (``rundir.RunLock``). Ray's workers
-run in process groups of their own: a sweep process killed alone (not its whole session) may leave workers that
-finish their cells; a re-run meanwhile reports such a cell as in use by another process, and the next one finds
-it complete.
+is refused before anything runs. Sweeps may share an ``out_dir`` (e.g. two ``--cells`` sweeps, one a core each):
+each cell's run locks its own directory (``rundir.RunLock``), and a sweep skips a cell another process is running
+(reported as running, not failed); ``out_dir``'s lock is held only while ``sweep.json`` is read and written, and
+each sweep records the failures of its own cells only. Ray's workers run in process groups of their own: a sweep
+process killed alone (not its whole session) may leave workers that finish their cells; a re-run meanwhile
+reports such a cell as running, and the next one finds it complete.
 
 Backends: ``ray`` (``pip install 'editscale[ray]'``) runs cells as Ray tasks with resource requests (``num_cpus``
 = the cell's threads, ``num_gpus``), on a local Ray started here or on a cluster at ``address``; ``local`` runs
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from editscale.errors import ConfigError, EditscaleError
+from editscale.errors import ConfigError, EditscaleError, RunInUseError
 from editscale.experiment.config import parse_config
 from editscale.experiment.grid import GROUP_OUT, Cell, Grid, load_grid, parse_grid
 from editscale.experiment.rundir import RunLock
@@ -62,6 +64,8 @@ def run_cell(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
         from editscale.experiment.runner import run_experiment
 
         return {"summary": run_experiment(cfg, run_dir, progress=False)}
+    except RunInUseError as e:  # another sweep is running this cell: not this sweep's failure
+        return {"busy": str(e).split(";")[0]}
     except EditscaleError as e:
         return {"error": f"{type(e).__name__}: {e}"}
 
@@ -74,7 +78,13 @@ class SweepResult:
 
     @property
     def failed(self) -> list[CellStatus]:
-        return [s for s in self.statuses if s.state != "done"]
+        """The cells that did not finish here, but for those another process is running."""
+        return [s for s in self.statuses if s.state not in ("done", "running")]
+
+    @property
+    def elsewhere(self) -> list[CellStatus]:
+        """The cells another process was running (skipped here)."""
+        return [s for s in self.statuses if s.state == "running"]
 
 
 def ray_available() -> bool:
@@ -118,34 +128,40 @@ def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: s
     refuse_inside_cache(out, "sweep directory")
     check_writable(out, "sweep directory")
     say = say or (lambda _m: None)
-    with RunLock(out):
+    with RunLock(out):  # one manifest writer at a time; each cell's run locks its own directory
         states = check_cells(g, out)
         out.mkdir(parents=True, exist_ok=True)
         old = read_manifest(out) if is_sweep_dir(out) else {}
         manifest = {"version": SWEEP_VERSION, "source": g.source, "base": g.base, "grid": g.grid,
                     "options": g.options.model_dump(mode="json"), "group_out": list(GROUP_OUT),
                     "created": old.get("created", datetime.now(UTC).isoformat(timespec="seconds")),
-                    "cells": [c.manifest() for c in g.cells], "failures": {}}
+                    "cells": [c.manifest() for c in g.cells],
+                    "failures": {k: v for k, v in old.get("failures", {}).items()
+                                 if k not in {c.name for c in chosen} and k in {c.name for c in g.cells}}}
         _write_manifest(out, manifest)
-        todo = [c for c in chosen if states[c.name] != "complete"]
-        if any(states[c.name] != "new" for c in chosen):
-            say(f"{len(chosen) - len(todo)} of {len(chosen)} cells are complete; "
-                f"{sum(states[c.name] == 'resume' for c in todo)} to resume, "
-                f"{sum(states[c.name] == 'new' for c in todo)} to start")
-        failures: dict[str, str] = {}
-        if todo:
-            if backend == "ray":
-                shown = replace(g, cells=chosen)  # the progress line counts the cells asked for
-                failures = _run_ray(shown, todo, out, address, max_parallel, ray_init, say, poll_seconds)
-            else:
-                if not ray_available():
-                    say(f"Ray is not installed: running the {len(todo)} cells one after another in this process "
-                        f"({RAY_HINT} runs them in parallel)")
-                failures = _run_local(g, todo, out, progress, say)
-        manifest["failures"] = failures
+    todo = [c for c in chosen if states[c.name] != "complete"]
+    if any(states[c.name] != "new" for c in chosen):
+        say(f"{len(chosen) - len(todo)} of {len(chosen)} cells are complete; "
+            f"{sum(states[c.name] == 'resume' for c in todo)} to resume, "
+            f"{sum(states[c.name] == 'new' for c in todo)} to start")
+    failures: dict[str, str] = {}
+    if todo:
+        if backend == "ray":
+            shown = replace(g, cells=chosen)  # the progress line counts the cells asked for
+            failures = _run_ray(shown, todo, out, address, max_parallel, ray_init, say, poll_seconds)
+        else:
+            if not ray_available():
+                say(f"Ray is not installed: running the {len(todo)} cells one after another in this process "
+                    f"({RAY_HINT} runs them in parallel)")
+            failures = _run_local(g, todo, out, progress, say)
+    with RunLock(out):  # this sweep's cells' failures; another sweep's (of its cells) are kept
+        manifest = read_manifest(out)
+        ours = {c.name for c in chosen}
+        manifest["failures"] = {**{k: v for k, v in manifest.get("failures", {}).items() if k not in ours},
+                                **failures}
         _write_manifest(out, manifest)
-        statuses = [cell_status(out, c.name, c.config.edits, failures) for c in chosen]
-        say(status_line(statuses))
+    statuses = [cell_status(out, c.name, c.config.edits, failures) for c in chosen]
+    say(status_line(statuses))
     return SweepResult(out, backend, statuses)
 
 
@@ -172,6 +188,9 @@ def _run_local(g: Grid, todo: list[Cell], out: Path, progress: bool | None,
                 with torch_threads(cell.threads):
                     run_experiment(cell.config, out / cell.name, progress=progress)
                 failures.pop(cell.name, None)
+                break
+            except RunInUseError as e:
+                say(f"cell {cell.name} skipped: {str(e).split(';')[0]}")
                 break
             except EditscaleError as e:  # a retry would not help
                 failures[cell.name] = f"{type(e).__name__}: {e}"
@@ -240,7 +259,9 @@ def _run_ray(g: Grid, todo: list[Cell], out: Path, address: str | None, max_para
                     result = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - the task failed after its retries
                     result = {"error": f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[-1]}
-                if "error" in result:
+                if "busy" in result:
+                    say(f"cell {cell.name} skipped: {result['busy']}")
+                elif "error" in result:
                     failures[cell.name] = result["error"]
                     say(f"cell {cell.name} failed: {result['error']}")
             statuses = [cell_status(out, c.name, c.config.edits, failures) for c in g.cells]
