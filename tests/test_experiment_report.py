@@ -63,7 +63,7 @@ def test_report_of_two_runs(tmp_path):
 
 def test_report_downstream_table_flags_tasks_at_chance(tmp_path):
     fake_run(tmp_path / "a", "rome")
-    rows = {r["task"]: r for r in downstream_rows(load_run(tmp_path / "a"))}
+    rows = {r["task"]: r for r in downstream_rows(load_run(tmp_path / "a")) if r["metric"] == "f1"}
     assert rows["sst2"]["unedited"] == "0.900" and rows["sst2"]["last"] == "0.300 (60 edits)"
     assert rows["sst2"]["change"] == "-0.600" and rows["sst2"]["note"] == ""
     assert rows["rte"]["change"] == "+0.000" and "at chance (MCC 0.05)" in rows["rte"]["note"]
@@ -87,6 +87,20 @@ def test_report_tabulates_the_known_facts_margin_beside_retention(tmp_path):
                     ("known-facts", "margin", "1.500 (20 edits)", "1.200 (40 edits)", "-0.300")]
     assert [r["metric"] for r in downstream_rows(load_run(tmp_path / "old")) if r["task"] == "known-facts"] == [
         "retention"]
+
+
+def test_report_tabulates_a_few_shot_tasks_mcc_beside_its_f1(tmp_path):
+    """A classification task's MCC follows its F1 (F1 0.67 can be one label answered throughout: MCC says so);
+    the note that the unedited model is at chance is on the F1 row only."""
+    fake_run(tmp_path / "a", "rome")  # sst2 F1 0.9, MCC 0.8 unedited; rte F1 0.8, MCC 0.05 (at chance)
+    with RunStore.in_dir(tmp_path / "a") as store:
+        store.record_downstream(70, 70, {"sst2": {"f1": 0.66, "mcc": 0.01}, "rte": {"f1": 0.8, "mcc": 0.02}})
+    rows = [(r["task"], r["metric"], r["unedited"], r["last"], r["change"], bool(r["note"]))
+            for r in downstream_rows(load_run(tmp_path / "a"))]
+    assert [r[1:] for r in rows if r[0] == "sst2"] == [("f1", "0.900", "0.660 (70 edits)", "-0.240", False),
+                                                       ("mcc", "0.800", "0.010 (70 edits)", "-0.790", False)]
+    assert [r[1:] for r in rows if r[0] == "rte"] == [("f1", "0.800", "0.800 (70 edits)", "+0.000", True),
+                                                      ("mcc", "0.050", "0.020 (70 edits)", "-0.030", False)]
 
 
 def test_report_cli_defaults_into_the_run(tmp_path):

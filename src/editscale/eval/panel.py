@@ -39,7 +39,9 @@ PERPLEXITY, KNOWN_FACTS = "perplexity", "known-facts"
 PROBE_TASKS: tuple[str, ...] = (PERPLEXITY, KNOWN_FACTS)
 # the metric each task is drawn and summarised by; "higher is better" except perplexity
 PRIMARY_METRIC: dict[str, str] = {PERPLEXITY: "perplexity", KNOWN_FACTS: "retention"}
-SECONDARY_METRIC: dict[str, str] = {KNOWN_FACTS: "margin"}  # shown beside the primary in the report's table
+# the metric tabulated beside the primary in the report's table (None: none); classification tasks: MCC, since
+# F1 of the positive class rewards answering one label (about 0.67 on a balanced task) where MCC is 0 at chance
+SECONDARY_METRIC: dict[str, str | None] = {PERPLEXITY: None, KNOWN_FACTS: "margin"}
 LOWER_IS_BETTER = frozenset({"perplexity"})
 
 # where a data directory holds each source (the layout `editscale data fetch` writes and ../data mirrors)
@@ -51,6 +53,12 @@ KNOWN_FILES = ("known_1000/known_1000.json", "known_1000.json")
 def primary_metric(task: str) -> str:
     """The metric a downstream task is drawn by: ``PRIMARY_METRIC`` for the probes, F1 for classification."""
     return PRIMARY_METRIC.get(task, "f1")
+
+
+def secondary_metric(task: str) -> str | None:
+    """The metric tabulated beside a task's primary one: ``SECONDARY_METRIC`` for the probes, MCC for
+    classification."""
+    return SECONDARY_METRIC.get(task, "mcc")
 
 
 def find_file(data_dir: str | Path, candidates: Sequence[str], what: str, fetch_name: str) -> Path:

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from editscale.eval.metrics import METRICS, Metric, metrics_at
-from editscale.eval.panel import LOWER_IS_BETTER, PRIMARY_METRIC, SECONDARY_METRIC, primary_metric
+from editscale.eval.panel import LOWER_IS_BETTER, PRIMARY_METRIC, primary_metric, secondary_metric
 from editscale.experiment.store import RunStore
 
 WINDOWS = ((5, ":"), (50, "-"))
@@ -56,7 +56,7 @@ class RunData:
     layers: dict[str, int | None] = field(default_factory=dict)
     flagged: list[int] = field(default_factory=list)  # edit numbers of flagged updates
     unedited_mcc: dict[str, float] = field(default_factory=dict)  # task -> Matthews correlation before editing
-    # task -> (its SECONDARY_METRIC, n_edits, values): tabulated, not drawn (runs older than it have none)
+    # task -> (its secondary metric, n_edits, values): tabulated, not drawn (runs older than it have none)
     secondary: dict[str, tuple[str, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
@@ -71,8 +71,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
             down.update({t: v for t, v in store.downstream_series(metric).items() if t == task})
         mcc0 = store.downstream_at(0, "mcc")
         second = {}
-        for task, metric in SECONDARY_METRIC.items():
-            if task in (by_task := store.downstream_series(metric)):
+        for task in down:
+            if (metric := secondary_metric(task)) and task in (by_task := store.downstream_series(metric)):
                 second[task] = (metric, by_task[task])
         dist: dict[str, dict[str, list[tuple[int, float]]]] = {}
         layers: dict[str, int | None] = {}
