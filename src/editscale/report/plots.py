@@ -204,7 +204,9 @@ def plot_downstream(runs: list[RunData], path: Path) -> Path | None:
         ax.set_title(task)
         ax.set_xlabel("number of edits")
         ax.set_ylabel({"f1": "F1", "retention": "share still right"}.get(metric, metric))
-        if metric not in LOWER_IS_BETTER:  # a fraction; perplexity has no fixed range
+        if metric in LOWER_IS_BETTER:  # perplexity: a log scale, so a collapse (x1,000) leaves +5% readable
+            ax.set_yscale("log")
+        else:  # a fraction
             ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
