@@ -50,7 +50,15 @@ class StorageError(EditscaleError):
 
 
 class RunInUseError(RunStateError):
-    """A run directory another process is running in (it holds the run's lock)."""
+    """A run directory another process is running in (it holds the run's lock). ``fact`` is the message without
+    its advice (a sweep that skips the cell reports it so)."""
+
+    def __init__(self, fact: str, advice: str) -> None:
+        super().__init__(f"{fact}; {advice}")
+        self.fact, self.advice = fact, advice
+
+    def __reduce__(self):  # pickled as its two parts (a Ray worker's error reaches the driver so)
+        return type(self), (self.fact, self.advice)
 
 
 def config_error(source: str, err: Any) -> ConfigError:

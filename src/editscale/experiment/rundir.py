@@ -44,7 +44,7 @@ def _holder(path: Path) -> str:
 
 
 def _in_use(run_dir: Path) -> RunInUseError:
-    return RunInUseError(f"{run_dir} is in use by another editscale process ({_holder(lock_path(run_dir))}); "
+    return RunInUseError(f"{run_dir} is in use by another editscale process ({_holder(lock_path(run_dir))})",
                          "wait for it to finish, or choose another --out")
 
 

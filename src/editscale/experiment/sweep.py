@@ -65,7 +65,7 @@ def run_cell(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
 
         return {"summary": run_experiment(cfg, run_dir, progress=False)}
     except RunInUseError as e:  # another sweep is running this cell: not this sweep's failure
-        return {"busy": str(e).split(";")[0]}
+        return {"busy": e.fact}
     except EditscaleError as e:
         return {"error": f"{type(e).__name__}: {e}"}
 
@@ -128,6 +128,7 @@ def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: s
     refuse_inside_cache(out, "sweep directory")
     check_writable(out, "sweep directory")
     say = say or (lambda _m: None)
+    ours = {c.name for c in chosen}
     with RunLock(out):  # one manifest writer at a time; each cell's run locks its own directory
         states = check_cells(g, out)
         out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +138,7 @@ def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: s
                     "created": old.get("created", datetime.now(UTC).isoformat(timespec="seconds")),
                     "cells": [c.manifest() for c in g.cells],
                     "failures": {k: v for k, v in old.get("failures", {}).items()
-                                 if k not in {c.name for c in chosen} and k in {c.name for c in g.cells}}}
+                                 if k not in ours and k in {c.name for c in g.cells}}}
         _write_manifest(out, manifest)
     todo = [c for c in chosen if states[c.name] != "complete"]
     if any(states[c.name] != "new" for c in chosen):
@@ -156,7 +157,6 @@ def run_sweep(grid: Grid | str | Path | dict, out_dir: str | Path, *, address: s
             failures = _run_local(g, todo, out, progress, say)
     with RunLock(out):  # this sweep's cells' failures; another sweep's (of its cells) are kept
         manifest = read_manifest(out)
-        ours = {c.name for c in chosen}
         manifest["failures"] = {**{k: v for k, v in manifest.get("failures", {}).items() if k not in ours},
                                 **failures}
         _write_manifest(out, manifest)
@@ -190,7 +190,7 @@ def _run_local(g: Grid, todo: list[Cell], out: Path, progress: bool | None,
                 failures.pop(cell.name, None)
                 break
             except RunInUseError as e:
-                say(f"cell {cell.name} skipped: {str(e).split(';')[0]}")
+                say(f"cell {cell.name} skipped: {e.fact}")
                 break
             except EditscaleError as e:  # a retry would not help
                 failures[cell.name] = f"{type(e).__name__}: {e}"

@@ -70,10 +70,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         for task, metric in PRIMARY_METRIC.items():  # the probes, drawn by their own metric
             down.update({t: v for t, v in store.downstream_series(metric).items() if t == task})
         mcc0 = store.downstream_at(0, "mcc")
-        second = {}
-        for task in down:
-            if (metric := secondary_metric(task)) and task in (by_task := store.downstream_series(metric)):
-                second[task] = (metric, by_task[task])
+        by_metric = {m: store.downstream_series(m) for m in {secondary_metric(t) for t in down} - {None}}
+        second = {t: (m, by_metric[m][t]) for t in down if (m := secondary_metric(t)) and t in by_metric[m]}
         dist: dict[str, dict[str, list[tuple[int, float]]]] = {}
         layers: dict[str, int | None] = {}
         for column in DISTANCES:
